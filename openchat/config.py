@@ -1,0 +1,178 @@
+"""One typed settings object, read from configuration.yaml and OPENCHAT_* environment variables.
+
+Precedence, highest first: environment (`OPENCHAT_MODEL`, `OPENCHAT_ENGINE__DTYPE`, ...),
+then the YAML file named by `OPENCHAT_CONFIG` (default: configuration.yaml beside
+service.py), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_FILE = PROJECT_ROOT / "configuration.yaml"
+
+Condition = Literal["GPT4 Correct", "Math Correct"]
+
+
+class SamplingDefaults(BaseModel):
+    """Sampling values a preset applies when the request leaves them unset."""
+
+    model_config = {"extra": "forbid"}
+
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    repetition_penalty: float | None = Field(None, gt=0, le=2)
+
+
+class Preset(BaseModel):
+    """A task preset, served as its own model id in /v1/models."""
+
+    model_config = {"extra": "forbid"}
+
+    model_id: str = Field(description="The id clients put in `model` to pick this preset.")
+    description: str = ""
+    condition: Condition = "GPT4 Correct"
+    system_prompt: str | None = Field(
+        None, description="Used when the request brings no system message of its own."
+    )
+    sampling: SamplingDefaults = SamplingDefaults()
+
+
+class EngineSettings(BaseModel):
+    """vLLM engine settings; the effective values are logged at start-up."""
+
+    model_config = {"extra": "forbid"}
+
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    max_model_len: int = Field(8192, ge=128)
+    max_num_seqs: int = Field(64, ge=1, description="Sequences decoded together.")
+    # CPU hosts: KV cache in GiB (vLLM's VLLM_CPU_KVCACHE_SPACE) and OpenMP threads.
+    cpu_kv_cache_gib: float = Field(4, gt=0)
+    cpu_threads: int | Literal["auto"] = Field(
+        "auto", description="'auto': the declared cpu count, capped by the host, minus one."
+    )
+    # GPU hosts.
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    seed: int = 0
+    enable_prefix_caching: bool = True
+
+
+class TrafficSettings(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    timeout: int = Field(300, ge=1, description="Seconds before BentoML ends a request.")
+    max_concurrency: int = Field(256, ge=1, description="Requests in flight per worker.")
+
+
+class ServiceSettings(BaseModel):
+    """BentoML service declaration (resources, traffic, port)."""
+
+    model_config = {"extra": "forbid"}
+
+    name: str = "openchat"
+    port: int = Field(11402, ge=1, le=65535)
+    resources: dict[str, str | int] = {"cpu": "4", "memory": "25Gi"}
+    traffic: TrafficSettings = TrafficSettings()
+
+
+class LimitSettings(BaseModel):
+    """Bounds on what one request may ask for."""
+
+    model_config = {"extra": "forbid"}
+
+    max_n: int = Field(16, ge=1)
+    max_messages: int = Field(1024, ge=1)
+
+
+def _default_presets() -> dict[str, Preset]:
+    return {
+        "general": Preset(model_id="openchat-3.5", description="General chat."),
+        "math": Preset(
+            model_id="openchat-3.5-math",
+            description="Maths with the Math Correct condition.",
+            condition="Math Correct",
+            sampling=SamplingDefaults(temperature=0.0),
+        ),
+    }
+
+
+class Settings(BaseSettings):
+    """Everything the service reads at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OPENCHAT_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    model: str = Field(
+        "openchat/openchat-3.5-0106",
+        description="A local checkpoint directory or a Hugging Face model id.",
+    )
+    tokenizer: str | None = Field(
+        None, description="Directory or HF id holding tokenizer.model; default: `model`."
+    )
+    engine: EngineSettings = EngineSettings()
+    service: ServiceSettings = ServiceSettings()
+    limits: LimitSettings = LimitSettings()
+    default_preset: str = "general"
+    presets: dict[str, Preset] = Field(default_factory=_default_presets)
+
+    @field_validator("presets")
+    @classmethod
+    def _unique_model_ids(cls, presets: dict[str, Preset]) -> dict[str, Preset]:
+        ids = [p.model_id for p in presets.values()]
+        if len(ids) != len(set(ids)):
+            raise ValueError("presets must have distinct model_id values")
+        if not presets:
+            raise ValueError("at least one preset is required")
+        return presets
+
+    @model_validator(mode="after")
+    def _default_preset_exists(self) -> Settings:
+        if self.default_preset not in self.presets:
+            raise ValueError(f"default_preset {self.default_preset!r} is not in presets")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = Path(os.environ.get("OPENCHAT_CONFIG", DEFAULT_CONFIG_FILE))
+        yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=config_file)
+        return (init_settings, env_settings, yaml_source)
+
+    @property
+    def served_model_name(self) -> str:
+        return self.presets[self.default_preset].model_id
+
+    def preset_for_model(self, model_id: str) -> Preset | None:
+        for preset in self.presets.values():
+            if preset.model_id == model_id:
+                return preset
+        return None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,71 @@
+"""Build the small random-weight OpenChat checkpoint used by tests and offline development.
+
+No model weights can be downloaded on the machines this project is built on, so the dev
+model keeps everything that shapes the serving path (Mistral architecture, OpenChat's exact
+vocabulary and tokenizer, `<|end_of_turn|>` as EOS, an 8192-token context) and shrinks the
+rest to a few megabytes of seeded random weights. Its text is gibberish; its token counts,
+stop handling and structure are real.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+# OpenChat-3.5 adds two tokens to Mistral-7B-v0.1's 32000-piece sentencepiece vocabulary.
+END_OF_TURN = "<|end_of_turn|>"
+END_OF_TURN_ID = 32000
+PAD = "<|pad_0|>"
+VOCAB_SIZE = 32002
+CONTEXT_LENGTH = 8192
+
+
+def mistral_sentencepiece_model() -> Path:
+    """Mistral-7B-v0.1's tokenizer model, shipped inside the `mistral_common` package."""
+    import mistral_common
+
+    return Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
+
+
+def build_dev_model(out_dir: Path, *, seed: int = 0, overwrite: bool = False) -> Path:
+    """Write a loadable OpenChat-shaped checkpoint to `out_dir` and return the path."""
+    import torch
+    from transformers import LlamaTokenizer, MistralConfig, MistralForCausalLM
+
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").exists() and not overwrite:
+        return out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    shutil.copyfile(mistral_sentencepiece_model(), out_dir / "tokenizer.model")
+    tokenizer = LlamaTokenizer.from_pretrained(out_dir, legacy=True, add_bos_token=True)
+    tokenizer.add_special_tokens({"additional_special_tokens": [END_OF_TURN, PAD]})
+    tokenizer.eos_token = END_OF_TURN
+    tokenizer.pad_token = PAD
+    assert tokenizer.convert_tokens_to_ids(END_OF_TURN) == END_OF_TURN_ID
+    tokenizer.save_pretrained(out_dir)
+
+    config = MistralConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=CONTEXT_LENGTH,
+        sliding_window=None,
+        rope_theta=10000.0,
+        bos_token_id=1,
+        eos_token_id=END_OF_TURN_ID,
+        pad_token_id=END_OF_TURN_ID + 1,
+        tie_word_embeddings=False,
+        torch_dtype="bfloat16",
+    )
+    torch.manual_seed(seed)
+    model = MistralForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    (out_dir / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": 1, "eos_token_id": END_OF_TURN_ID}, indent=2) + "\n"
+    )
+    return out_dir

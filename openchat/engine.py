@@ -1,0 +1,161 @@
+"""Thin wrapper over vLLM's AsyncLLM: start, generate (deltas), abort, health, stop.
+
+Only the engine's public API is used (AsyncEngineArgs, AsyncLLM.generate/abort/shutdown,
+SamplingParams, token inputs); vLLM's own OpenAI serving classes are internal and change
+every release.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from openchat.config import EngineSettings, Settings
+
+logger = logging.getLogger(__name__)
+
+
+class ModelNotFoundError(RuntimeError):
+    """The configured model is neither a local checkpoint nor a resolvable HF id."""
+
+
+@dataclass(frozen=True)
+class EngineLayout:
+    """The effective engine settings, as logged at start-up."""
+
+    model: str
+    device: str
+    dtype: str
+    max_model_len: int
+    max_num_seqs: int
+    tensor_parallel_size: int
+    kv_cache: str
+    threads: str
+
+
+def _available_cpus() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def cpu_thread_binding(declared_cpus: float, setting: int | str) -> str:
+    """OpenMP core list for the engine: the declared cpu count capped by the host, minus
+    one core left to the HTTP process (tokenizing, streaming); at least one."""
+    cpus = _available_cpus()
+    if setting == "auto":
+        threads = max(1, min(int(declared_cpus), len(cpus)) - 1)
+    else:
+        threads = max(1, min(int(setting), len(cpus)))
+    return ",".join(str(c) for c in cpus[:threads])
+
+
+def _has_gpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cuda_alike()
+
+
+def check_model_source(model: str) -> None:
+    """Fail fast, with a sentence instead of a stack trace, when the model is missing."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{model} exists but holds no config.json checkpoint")
+        return
+    if model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise ModelNotFoundError(
+            f"model {model!r} is not a directory here and not a Hugging Face id "
+            "(set OPENCHAT_MODEL or `model` in configuration.yaml; `make dev-model` "
+            "builds the small test checkpoint)"
+        )
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(model, allow_patterns=["config.json"])
+    except Exception as exc:
+        raise ModelNotFoundError(
+            f"model {model!r} could not be found locally or on the Hugging Face Hub "
+            f"({type(exc).__name__}); download it first or point OPENCHAT_MODEL at a "
+            "local checkpoint"
+        ) from None
+
+
+class Engine:
+    """One in-process vLLM engine (its EngineCore runs in a child process)."""
+
+    def __init__(self, settings: Settings):
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        check_model_source(settings.model)
+        args, self.layout = self._engine_args(settings, AsyncEngineArgs)
+        logger.info("starting vLLM engine: %s", self.layout)
+        self._llm = AsyncLLM.from_engine_args(args)
+        self.max_model_len = self._llm.model_config.max_model_len
+
+    @staticmethod
+    def _engine_args(settings: Settings, engine_args_cls):
+        engine: EngineSettings = settings.engine
+        on_gpu = _has_gpu()
+        kwargs = dict(
+            model=settings.model,
+            tokenizer=settings.tokenizer or settings.model,
+            dtype=engine.dtype,
+            max_model_len=engine.max_model_len,
+            max_num_seqs=engine.max_num_seqs,
+            tensor_parallel_size=engine.tensor_parallel_size,
+            seed=engine.seed,
+            enable_prefix_caching=engine.enable_prefix_caching,
+            disable_log_stats=False,
+        )
+        if on_gpu:
+            kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
+            kv_cache = f"{engine.gpu_memory_utilization:.0%} of GPU memory"
+            threads = "n/a"
+        else:
+            # vLLM's CPU backend reads these from the environment of the engine process.
+            declared = float(settings.service.resources.get("cpu", 1))
+            threads = cpu_thread_binding(declared, engine.cpu_threads)
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = threads
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(max(1, engine.cpu_kv_cache_gib)))
+            kv_cache = f"{int(max(1, engine.cpu_kv_cache_gib))} GiB of RAM"
+        layout = EngineLayout(
+            model=settings.model,
+            device="gpu" if on_gpu else "cpu",
+            dtype=engine.dtype,
+            max_model_len=engine.max_model_len,
+            max_num_seqs=engine.max_num_seqs,
+            tensor_parallel_size=engine.tensor_parallel_size,
+            kv_cache=kv_cache,
+            threads=threads,
+        )
+        return engine_args_cls(**kwargs), layout
+
+    async def generate(self, prompt_ids: list[int], params, request_id: str) -> AsyncIterator:
+        """Yield vLLM RequestOutputs (deltas when params.output_kind is DELTA).
+
+        Cancelling the consumer (client gone) makes vLLM abort the request.
+        """
+        from vllm.inputs import tokens_input
+
+        async for output in self._llm.generate(tokens_input(prompt_ids), params, request_id):
+            yield output
+
+    async def abort(self, request_id: str) -> None:
+        await self._llm.abort(request_id)
+
+    @property
+    def is_healthy(self) -> bool:
+        return not self._llm.errored and self._llm.is_running
+
+    async def check_health(self) -> None:
+        await self._llm.check_health()
+
+    def shutdown(self) -> None:
+        logger.info("stopping vLLM engine")
+        self._llm.shutdown()

@@ -1,0 +1,228 @@
+"""Response builders: vLLM outputs -> the `openai` package's own response types.
+
+Building the official types (ChatCompletion, ChatCompletionChunk, Completion) keeps every
+shape exactly what OpenAI clients parse; `as_json` dumps only the fields we set.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from openai.types import Completion, CompletionChoice, CompletionUsage
+from openai.types.chat import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionMessage,
+    ChatCompletionTokenLogprob,
+)
+from openai.types.chat.chat_completion import Choice, ChoiceLogprobs
+from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
+from openai.types.chat.chat_completion_chunk import ChoiceDelta
+from openai.types.chat.chat_completion_token_logprob import TopLogprob
+from openai.types.completion_choice import Logprobs
+
+FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "stop"}
+
+
+def as_json(model) -> dict[str, Any]:
+    return model.model_dump(mode="json", exclude_unset=True)
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> CompletionUsage:
+    return CompletionUsage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
+
+
+@dataclass
+class ChoiceState:
+    """What one generated choice has produced so far."""
+
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[dict] = field(default_factory=list)
+    finish_reason: str | None = None
+
+    def add(self, output) -> None:
+        self.text += output.text
+        self.token_ids.extend(output.token_ids)
+        if output.logprobs:
+            self.logprobs.extend(output.logprobs)
+        if output.finish_reason is not None:
+            self.finish_reason = FINISH_REASONS.get(output.finish_reason, "stop")
+
+
+# -- logprobs -----------------------------------------------------------------------------
+
+def _token_text(logprob, token_id: int, decode) -> str:
+    return logprob.decoded_token if logprob.decoded_token is not None else decode([token_id])
+
+
+def chat_logprobs(token_ids: list[int], steps: list[dict], top: int, decode) -> ChoiceLogprobs:
+    """OpenAI chat logprobs: per sampled token, its logprob and the `top` alternatives."""
+    content = []
+    for token_id, step in zip(token_ids, steps):
+        sampled = step[token_id]
+        text = _token_text(sampled, token_id, decode)
+        alternatives = sorted(
+            ((tid, lp) for tid, lp in step.items() if lp.rank is not None and lp.rank <= top),
+            key=lambda item: item[1].rank,
+        )[:top]
+        content.append(
+            ChatCompletionTokenLogprob(
+                token=text,
+                logprob=max(sampled.logprob, -9999.0),
+                bytes=list(text.encode("utf-8")),
+                top_logprobs=[
+                    TopLogprob(
+                        token=(t := _token_text(lp, tid, decode)),
+                        logprob=max(lp.logprob, -9999.0),
+                        bytes=list(t.encode("utf-8")),
+                    )
+                    for tid, lp in alternatives
+                ],
+            )
+        )
+    return ChoiceLogprobs(content=content)
+
+
+def completion_logprobs(
+    token_ids: list[int], steps: list[dict], top: int, decode, text_offset: int = 0
+) -> Logprobs:
+    """Legacy completions logprobs: tokens, token_logprobs, top_logprobs, text_offset."""
+    tokens, token_logprobs, top_logprobs, offsets = [], [], [], []
+    offset = text_offset
+    for token_id, step in zip(token_ids, steps):
+        sampled = step[token_id]
+        text = _token_text(sampled, token_id, decode)
+        tokens.append(text)
+        token_logprobs.append(max(sampled.logprob, -9999.0))
+        ranked = sorted(
+            ((tid, lp) for tid, lp in step.items() if lp.rank is not None and lp.rank <= top),
+            key=lambda item: item[1].rank,
+        )[:top]
+        top_logprobs.append({_token_text(lp, tid, decode): lp.logprob for tid, lp in ranked})
+        offsets.append(offset)
+        offset += len(text)
+    return Logprobs(
+        tokens=tokens, token_logprobs=token_logprobs,
+        top_logprobs=top_logprobs, text_offset=offsets,
+    )
+
+
+# -- chat ---------------------------------------------------------------------------------
+
+def chat_completion(
+    request_id: str, model: str, choices: list[ChoiceState], prompt_tokens: int,
+    logprobs_top: int | None, decode,
+) -> ChatCompletion:
+    return ChatCompletion(
+        id=request_id,
+        object="chat.completion",
+        created=int(time.time()),
+        model=model,
+        choices=[
+            Choice(
+                index=c.index,
+                message=ChatCompletionMessage(role="assistant", content=c.text),
+                finish_reason=c.finish_reason or "stop",
+                logprobs=chat_logprobs(c.token_ids, c.logprobs, logprobs_top, decode)
+                if logprobs_top is not None else None,
+            )
+            for c in choices
+        ],
+        usage=usage(prompt_tokens, sum(len(c.token_ids) for c in choices)),
+    )
+
+
+class ChatChunker:
+    """Builds the chunks of one streamed chat completion, in OpenAI's order: a role chunk
+    per choice, content deltas, a finish chunk per choice, then an optional usage chunk."""
+
+    def __init__(self, request_id: str, model: str, include_usage: bool):
+        self.request_id = request_id
+        self.model = model
+        self.created = int(time.time())
+        self.include_usage = include_usage
+
+    def _chunk(self, choices: list[ChunkChoice], **extra) -> dict[str, Any]:
+        chunk = ChatCompletionChunk(
+            id=self.request_id, object="chat.completion.chunk", created=self.created,
+            model=self.model, choices=choices, **extra,
+        )
+        if self.include_usage and "usage" not in extra:
+            chunk.usage = None
+        return as_json(chunk)
+
+    def role(self, index: int) -> dict[str, Any]:
+        delta = ChoiceDelta(role="assistant", content="")
+        return self._chunk([ChunkChoice(index=index, delta=delta, finish_reason=None)])
+
+    def content(self, index: int, text: str, logprobs: ChoiceLogprobs | None) -> dict[str, Any]:
+        choice = ChunkChoice(index=index, delta=ChoiceDelta(content=text), finish_reason=None)
+        if logprobs is not None:
+            choice.logprobs = logprobs
+        return self._chunk([choice])
+
+    def finish(self, index: int, finish_reason: str) -> dict[str, Any]:
+        return self._chunk(
+            [ChunkChoice(index=index, delta=ChoiceDelta(), finish_reason=finish_reason)]
+        )
+
+    def usage(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+        return self._chunk([], usage=usage(prompt_tokens, completion_tokens))
+
+
+# -- legacy completions -------------------------------------------------------------------
+
+def completion(
+    request_id: str, model: str, choices: list[tuple[int, str, ChoiceState]],
+    prompt_tokens: int, logprobs_top: int | None, decode,
+) -> Completion:
+    """`choices` holds (response index, echoed prompt text, state) triples."""
+    return Completion(
+        id=request_id,
+        object="text_completion",
+        created=int(time.time()),
+        model=model,
+        choices=[
+            CompletionChoice(
+                index=index,
+                text=echo + c.text,
+                finish_reason=c.finish_reason or "stop",
+                logprobs=completion_logprobs(c.token_ids, c.logprobs, logprobs_top, decode)
+                if logprobs_top is not None else None,
+            )
+            for index, echo, c in choices
+        ],
+        usage=usage(prompt_tokens, sum(len(c.token_ids) for _, _, c in choices)),
+    )
+
+
+def completion_chunk(
+    request_id: str, model: str, created: int, index: int, text: str,
+    finish_reason: str | None = None, logprobs: Logprobs | None = None,
+) -> dict[str, Any]:
+    return as_json(
+        Completion(
+            id=request_id, object="text_completion", created=created, model=model,
+            choices=[CompletionChoice(index=index, text=text, finish_reason=finish_reason,
+                                      logprobs=logprobs)],
+        )
+    )
+
+
+def completion_usage_chunk(
+    request_id: str, model: str, created: int, prompt_tokens: int, completion_tokens: int
+) -> dict[str, Any]:
+    return as_json(
+        Completion(
+            id=request_id, object="text_completion", created=created, model=model,
+            choices=[], usage=usage(prompt_tokens, completion_tokens),
+        )
+    )

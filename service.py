@@ -1,0 +1,154 @@
+"""BentoML service for OpenChat-3.5: configuration, lifecycle and typed APIs.
+
+The serving logic lives in `openchat/`; this file only declares the service, starts and
+stops the in-process vLLM engine, mounts the OpenAI-compatible app and exposes typed APIs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import AsyncGenerator
+
+import bentoml
+from pydantic import BaseModel, Field
+
+from openchat.config import Condition, get_settings
+from openchat.errors import APIError
+from openchat.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest
+from openchat.routes import create_app
+
+SETTINGS = get_settings()
+logger = logging.getLogger("openchat")
+
+_server = None  # the live OpenChatServer, set once the engine has started
+openai_app = create_app(lambda: _server)
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatResult(BaseModel):
+    """What the typed `chat` API returns."""
+
+    text: str
+    finish_reason: str
+    model: str
+    usage: Usage
+
+
+def _bentoml_error(error: APIError) -> Exception:
+    """APIError -> the BentoML exception that carries the same HTTP status."""
+    from bentoml import exceptions
+
+    by_status = {400: exceptions.InvalidArgument, 404: exceptions.NotFound,
+                 503: exceptions.ServiceUnavailable}
+    return by_status.get(error.status, exceptions.BentoMLException)(error.message)
+
+
+def _configure_logging() -> None:
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(os.environ.get("OPENCHAT_LOG_LEVEL", "INFO"))
+    logger.propagate = False
+
+
+@bentoml.service(
+    name=SETTINGS.service.name,
+    resources=SETTINGS.service.resources,
+    traffic=SETTINGS.service.traffic.model_dump(),
+    http={"port": SETTINGS.service.port},
+)
+@bentoml.asgi_app(openai_app, path="/")
+class OpenChat:
+    def __init__(self) -> None:
+        global _server
+        from openchat.engine import Engine, ModelNotFoundError
+        from openchat.prompt import OpenChatTemplate, OpenChatTokenizer, find_tokenizer_model
+        from openchat.serving import OpenChatServer
+
+        _configure_logging()
+        try:
+            self.engine = Engine(SETTINGS)
+        except ModelNotFoundError as exc:
+            # A missing model is a configuration error: say so and stop, without a trace
+            # and without the process supervisor restarting us in a loop.
+            logger.critical("cannot start: %s", exc)
+            sys.stderr.flush()
+            os._exit(3)
+        tokenizer = OpenChatTokenizer(find_tokenizer_model(SETTINGS.tokenizer or SETTINGS.model))
+        self.server = OpenChatServer(SETTINGS, self.engine, OpenChatTemplate(tokenizer))
+        _server = self.server
+        logger.info("serving %s as %s", SETTINGS.model,
+                    ", ".join(p.model_id for p in SETTINGS.presets.values()))
+
+    def __is_ready__(self) -> bool:
+        return self.engine.is_healthy
+
+    def __is_alive__(self) -> bool:
+        return self.engine.is_healthy
+
+    @bentoml.on_shutdown
+    def stop_engine(self) -> None:
+        global _server
+        _server = None
+        self.engine.shutdown()
+
+    @bentoml.api
+    async def chat(
+        self,
+        messages: list[ChatMessage],
+        model: str = SETTINGS.served_model_name,
+        max_tokens: int | None = Field(None, ge=1),
+        temperature: float | None = Field(None, ge=0, le=2),
+        top_p: float | None = Field(None, gt=0, le=1),
+        stop: list[str] | None = None,
+        seed: int | None = None,
+        condition: Condition | None = None,
+    ) -> ChatResult:
+        """One chat turn: OpenAI-style messages in, the assistant's text and usage out."""
+        request = ChatCompletionRequest(
+            model=model, messages=messages, max_tokens=max_tokens, temperature=temperature,
+            top_p=top_p, stop=stop, seed=seed, condition=condition,
+        )
+        try:
+            completion = await self.server.chat(request)
+        except APIError as error:
+            raise _bentoml_error(error) from None
+        choice = completion.choices[0]
+        return ChatResult(
+            text=choice.message.content or "",
+            finish_reason=choice.finish_reason,
+            model=completion.model,
+            usage=Usage(**completion.usage.model_dump(include=set(Usage.model_fields))),
+        )
+
+    @bentoml.api
+    async def generate(
+        self,
+        prompt: str,
+        model: str = SETTINGS.served_model_name,
+        max_tokens: int = Field(256, ge=1),
+        temperature: float | None = Field(None, ge=0, le=2),
+        stop: list[str] | None = None,
+        seed: int | None = None,
+    ) -> AsyncGenerator[str, None]:
+        """Stream the continuation of a raw prompt as text pieces."""
+        request = CompletionRequest(
+            model=model, prompt=prompt, max_tokens=max_tokens, temperature=temperature,
+            stop=stop, seed=seed, stream=True,
+        )
+        try:
+            chunks = await self.server.complete(request)
+        except APIError as error:
+            raise _bentoml_error(error) from None
+        async for chunk in chunks:
+            for choice in chunk["choices"]:
+                if choice.get("text"):
+                    yield choice["text"]

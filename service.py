@@ -59,6 +59,20 @@ def _configure_logging() -> None:
     logger.propagate = False
 
 
+def _stop_whole_server() -> None:
+    """A missing model is a configuration error: stop the whole server, without a stack
+    trace and without BentoML's process manager respawning this worker in a loop."""
+    import signal
+
+    import psutil
+
+    parent = psutil.Process(os.getppid())
+    if "circus" in " ".join(parent.cmdline()) or parent.name() == "circusd":
+        parent.send_signal(signal.SIGTERM)
+    sys.stderr.flush()
+    os._exit(3)
+
+
 @bentoml.service(
     name=SETTINGS.service.name,
     resources=SETTINGS.service.resources,
@@ -77,11 +91,8 @@ class OpenChat:
         try:
             self.engine = Engine(SETTINGS)
         except ModelNotFoundError as exc:
-            # A missing model is a configuration error: say so and stop, without a trace
-            # and without the process supervisor restarting us in a loop.
             logger.critical("cannot start: %s", exc)
-            sys.stderr.flush()
-            os._exit(3)
+            _stop_whole_server()
         tokenizer = OpenChatTokenizer(find_tokenizer_model(SETTINGS.tokenizer or SETTINGS.model))
         self.server = OpenChatServer(SETTINGS, self.engine, OpenChatTemplate(tokenizer))
         _server = self.server

@@ -7,6 +7,7 @@ every release.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -143,8 +144,15 @@ class Engine:
         """
         from vllm.inputs import tokens_input
 
-        async for output in self._llm.generate(tokens_input(prompt_ids), params, request_id):
-            yield output
+        stream = self._llm.generate(tokens_input(prompt_ids), params, request_id)
+        try:
+            async for output in stream:
+                yield output
+        except (asyncio.CancelledError, GeneratorExit):
+            logger.info("request %s aborted: the client went away", request_id)
+            raise
+        finally:
+            await stream.aclose()  # closing vLLM's generator early aborts the request
 
     async def abort(self, request_id: str) -> None:
         await self._llm.abort(request_id)

@@ -208,11 +208,15 @@ def completion_chunk(
     request_id: str, model: str, created: int, index: int, text: str,
     finish_reason: str | None = None, logprobs: Logprobs | None = None,
 ) -> dict[str, Any]:
+    # Stream chunks carry finish_reason null until the end, which CompletionChoice's
+    # type (meant for whole responses) does not admit; build it unvalidated.
+    choice = CompletionChoice.model_construct(
+        index=index, text=text, finish_reason=finish_reason, logprobs=logprobs
+    )
     return as_json(
-        Completion(
+        Completion.model_construct(
             id=request_id, object="text_completion", created=created, model=model,
-            choices=[CompletionChoice(index=index, text=text, finish_reason=finish_reason,
-                                      logprobs=logprobs)],
+            choices=[choice],
         )
     )
 

@@ -1,0 +1,33 @@
+"""End-to-end: the typed BentoML APIs through BentoML's own client."""
+
+from __future__ import annotations
+
+import bentoml
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def bento(base_url):
+    with bentoml.SyncHTTPClient(base_url, timeout=120) as client:
+        yield client
+
+
+def test_chat_returns_typed_result(bento):
+    result = bento.chat(messages=[{"role": "user", "content": "Hi"}], max_tokens=5, seed=1)
+    assert set(result) >= {"text", "finish_reason", "model", "usage"}
+    assert result["usage"]["prompt_tokens"] == 17
+    assert result["usage"]["completion_tokens"] <= 5
+    assert result["model"] == "openchat-3.5"
+
+
+def test_generate_streams_text(bento):
+    pieces = list(bento.generate(prompt="Once upon a time", max_tokens=8, seed=3))
+    assert pieces and all(isinstance(p, str) for p in pieces)
+
+
+def test_chat_unknown_model_is_client_error(bento):
+    with pytest.raises(bentoml.exceptions.BentoMLException) as excinfo:
+        bento.chat(messages=[{"role": "user", "content": "Hi"}], model="nope")
+    assert "nope" in str(excinfo.value)

@@ -4,6 +4,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 DEV_MODEL := .models/openchat-dev
+IN ?= requirements/base.in
+LOCK ?= requirements/lock.txt
 # pip prints a warning per package for index folders this machine's pip.conf names but
 # that do not exist; hide that noise, keep everything else (and pip's exit status).
 QUIET_PIP := 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
@@ -11,7 +13,7 @@ QUIET_PIP := 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
 .PHONY: install serve test lock dev-model bench clean
 
 install: $(BIN)/python
-	set -o pipefail; $(BIN)/pip install -q --no-deps -r requirements/lock.txt $(QUIET_PIP)
+	set -o pipefail; $(BIN)/pip install -q --no-deps -r $(LOCK) $(QUIET_PIP)
 	set -o pipefail; $(BIN)/pip install --no-deps --no-build-isolation -e . -q $(QUIET_PIP)
 	$(BIN)/openchat dev-model $(DEV_MODEL)
 
@@ -28,13 +30,15 @@ test:
 dev-model:
 	$(BIN)/openchat dev-model $(DEV_MODEL) --overwrite
 
-# Re-resolve requirements/lock.txt from requirements/base.in (see docs/deployment.md).
+# Re-resolve the lock from its .in file (see docs/deployment.md). The CPU lock takes torch
+# 2.13.0+cpu from the wheel directory in PIP_FIND_LINKS (or PyTorch's CPU wheel index).
 lock:
-	$(BIN)/pip install -q uv
-	$(BIN)/uv pip compile requirements/base.in --overrides requirements/overrides.txt \
-		--find-links /opt/wheels --index-strategy unsafe-best-match \
+	$(BIN)/pip install -q uv $(QUIET_PIP)
+	$(BIN)/uv pip compile $(IN) --overrides requirements/overrides.txt \
+		$(foreach d,$(subst :, ,$(PIP_FIND_LINKS)),--find-links $(d)) \
+		--index-strategy unsafe-best-match \
 		--python-version 3.11 --python-platform x86_64-manylinux_2_28 \
-		-o requirements/lock.txt
+		-o $(LOCK)
 
 clean:
 	rm -rf $(VENV) .models .pytest_cache

@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import json
 from collections.abc import AsyncGenerator
+from typing import Any
 
 import bentoml
 from pydantic import BaseModel, Field
@@ -47,7 +49,7 @@ def _bentoml_error(error: APIError) -> Exception:
 
     by_status = {400: exceptions.InvalidArgument, 404: exceptions.NotFound,
                  503: exceptions.ServiceUnavailable}
-    return by_status.get(error.status, exceptions.BentoMLException)(error.message)
+    return by_status.get(error.status, exceptions.InternalServerError)(error.message)
 
 
 def _configure_logging() -> None:
@@ -139,6 +141,39 @@ class OpenChat:
             model=completion.model,
             usage=Usage(**completion.usage.model_dump(include=set(Usage.model_fields))),
         )
+
+    @bentoml.api
+    async def extract(
+        self,
+        text: str,
+        json_schema: dict[str, Any],
+        model: str | None = None,
+        max_tokens: int = Field(1024, ge=1),
+        seed: int | None = None,
+    ) -> dict[str, Any]:
+        """Pull data out of `text` as an object that validates against `json_schema`.
+
+        Uses the `extraction` preset unless `model` names another one.
+        """
+        if model is None:
+            extraction = SETTINGS.presets.get("extraction")
+            model = extraction.model_id if extraction else SETTINGS.served_model_name
+        try:
+            request = ChatCompletionRequest(
+                model=model, messages=[{"role": "user", "content": text}],
+                max_tokens=max_tokens, seed=seed,
+                response_format={"type": "json_schema",
+                                 "json_schema": {"name": "extraction", "schema": json_schema}},
+            )
+            completion = await self.server.chat(request)
+        except APIError as error:
+            raise _bentoml_error(error) from None
+        choice = completion.choices[0]
+        if choice.finish_reason != "stop":
+            raise _bentoml_error(APIError(
+                f"The answer was cut off at max_tokens={max_tokens} before the object was "
+                "complete; raise max_tokens.", code="max_tokens_reached"))
+        return json.loads(choice.message.content)
 
     @bentoml.api
     async def generate(

@@ -113,6 +113,9 @@ class Engine:
             seed=engine.seed,
             enable_prefix_caching=engine.enable_prefix_caching,
             disable_log_stats=False,
+            # Compact JSON: without this a model (and surely a random one) may fill the
+            # answer with whitespace until max_tokens runs out. vLLM applies it engine-wide.
+            structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
         )
         if on_gpu:
             kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization

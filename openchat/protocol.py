@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from openchat.config import Condition, SamplingDefaults
 from openchat.prompt import END_OF_TURN_ID, VOCAB_SIZE
+from openchat.structured import ResponseFormat, StructuredOutputs
 
 MAX_STOP_SEQUENCES = 4
 INT64 = 2**63
@@ -68,6 +69,9 @@ class SamplingRequest(_Strict):
     min_p: float | None = Field(None, ge=0, le=1)
     repetition_penalty: float | None = Field(None, gt=0, le=2)
     ignore_eos: bool = False
+    # Structured output (structured.py): OpenAI's field, or vLLM's extension.
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
     # Accepted for compatibility; they do not change generation here.
     store: bool | None = None
     metadata: dict[str, str] | None = None
@@ -125,8 +129,10 @@ class SamplingRequest(_Strict):
         max_tokens: int,
         defaults: SamplingDefaults,
         logprobs: int | None = None,
+        structured=None,
     ):
-        """vLLM SamplingParams for this request (deltas, for streaming and collecting)."""
+        """vLLM SamplingParams for this request (deltas, for streaming and collecting);
+        `structured` is the StructuredOutputsParams of the request's constraint, if any."""
         from vllm.sampling_params import RequestOutputKind, SamplingParams
 
         return SamplingParams(
@@ -139,14 +145,10 @@ class SamplingRequest(_Strict):
             logit_bias={int(k): v for k, v in self.logit_bias.items()} if self.logit_bias else None,
             ignore_eos=self.ignore_eos,
             logprobs=logprobs,
+            structured_outputs=structured,
             output_kind=RequestOutputKind.DELTA,
             **self.sampling_values(defaults),
         )
-
-
-class ResponseFormat(_Strict):
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
 
 
 class ChatCompletionRequest(SamplingRequest):
@@ -157,7 +159,6 @@ class ChatCompletionRequest(SamplingRequest):
     condition: Condition | None = Field(
         None, description="OpenChat condition; default: the preset's ('GPT4 Correct')."
     )
-    response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None

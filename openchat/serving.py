@@ -26,6 +26,7 @@ from openchat.protocol import (
     TokenizeRequest,
 )
 from openchat.streams import merge_streams
+from openchat.structured import Constraint, build_constraint
 
 logger = logging.getLogger(__name__)
 
@@ -111,14 +112,44 @@ class OpenChatServer:
         )
 
     def chat_prompt(self, messages: list[ChatMessage], preset: Preset,
-                    condition: str | None) -> list[int]:
+                    condition: str | None, instruction: str | None = None) -> list[int]:
+        """Token ids for a chat request; `instruction` (e.g. the JSON schema to follow)
+        joins the end of the system block."""
         if len(messages) > self.settings.limits.max_messages:
             raise invalid_param("messages", f"At most {self.settings.limits.max_messages} "
                                 "messages are allowed.")
         turns = messages_to_turns(messages)
         if preset.system_prompt and not any(t.role == "system" for t in turns):
             turns.insert(0, Turn(role="system", content=preset.system_prompt))
+        if instruction:
+            turns.append(Turn(role="system", content=instruction))
         return self.template.render_chat(turns, condition or preset.condition)
+
+    def constraint(self, request: SamplingRequest) -> Constraint | None:
+        constraint = build_constraint(request.response_format, request.structured_outputs)
+        if constraint is not None and request.stop:
+            raise invalid_param("stop", "stop sequences cannot be combined with structured "
+                                "output: they would cut the answer short.")
+        if constraint is not None and request.ignore_eos:
+            raise invalid_param("ignore_eos", "ignore_eos cannot be combined with "
+                                "structured output.")
+        return constraint
+
+    @staticmethod
+    def verify(constraint: Constraint | None, index: int, text: str, finish_reason) -> None:
+        """The server-side guarantee: a finished (`stop`) structured answer is valid.
+        A violation is a bug in the constraint path, surfaced rather than returned."""
+        if constraint is None or finish_reason != "stop":
+            return
+        problem = constraint.validate(text)
+        if problem is not None:
+            logger.error("structured output violation (%s) in choice %d: %s; text=%r",
+                         constraint.kind, index, problem, text[:2000])
+            raise APIError(
+                f"Choice {index} did not match the requested {constraint.kind} format "
+                f"({problem}). This is a server error and has been logged.",
+                status=500, type="server_error", code="structured_output_invalid",
+            )
 
     def completion_prompts(self, prompt) -> list[tuple[list[int], str]]:
         """(token ids, prompt text for echo) for each prompt of a legacy request."""
@@ -146,39 +177,45 @@ class OpenChatServer:
         if request.tools:
             raise invalid_param("tools", "tools are not supported yet.",
                                 code="unsupported_parameter")
-        if request.response_format and request.response_format.type != "text":
-            raise invalid_param("response_format", "Only response_format type 'text' is "
-                                "supported yet.", code="unsupported_parameter")
 
     async def chat(self, request: ChatCompletionRequest):
         """A ChatCompletion, or an async iterator of chunk dicts when streaming."""
         preset = self.preset(request.model)
         self._check_chat_features(request)
         self._check_n(request)
-        prompt_ids = self.chat_prompt(request.messages, preset, request.condition)
+        constraint = self.constraint(request)
+        prompt_ids = self.chat_prompt(request.messages, preset, request.condition,
+                                      constraint.instruction if constraint else None)
         max_tokens = self.max_tokens_for(len(prompt_ids), request.requested_max_tokens())
         params = request.to_sampling_params(
-            max_tokens=max_tokens, defaults=preset.sampling, logprobs=request.logprobs_count()
+            max_tokens=max_tokens, defaults=preset.sampling, logprobs=request.logprobs_count(),
+            structured=constraint.params if constraint else None,
         )
         self._check_engine()
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         if request.stream:
-            return self._stream_chat(request, request_id, prompt_ids, params)
+            return self._stream_chat(request, request_id, prompt_ids, params, constraint)
         states = await self._collect(prompt_ids, params, request_id, request.n)
+        for state in states:
+            self.verify(constraint, state.index, state.text, state.finish_reason)
         return responses.chat_completion(
             request_id, request.model, states, len(prompt_ids),
             request.logprobs_count(), self.tokenizer.decode,
         )
 
-    async def _stream_chat(self, request, request_id, prompt_ids, params) -> AsyncIterator[dict]:
+    async def _stream_chat(self, request, request_id, prompt_ids, params,
+                           constraint) -> AsyncIterator[dict]:
         chunker = responses.ChatChunker(request_id, request.model, request.include_usage_in_stream)
         top = request.logprobs_count()
         for index in range(request.n):
             yield chunker.role(index)
         completion_tokens = 0
+        texts = [""] * request.n  # kept only to verify structured answers
         async for output in self.engine.generate(prompt_ids, params, request_id):
             for choice in output.outputs:
                 completion_tokens += len(choice.token_ids)
+                if constraint is not None:
+                    texts[choice.index] += choice.text
                 if choice.text or (choice.token_ids and top is not None):
                     logprobs = None
                     if top is not None:
@@ -189,6 +226,7 @@ class OpenChatServer:
                     yield chunker.content(choice.index, choice.text, logprobs)
                 if choice.finish_reason is not None:
                     reason = responses.FINISH_REASONS.get(choice.finish_reason, "stop")
+                    self.verify(constraint, choice.index, texts[choice.index], reason)
                     yield chunker.finish(choice.index, reason)
         if request.include_usage_in_stream:
             yield chunker.usage(len(prompt_ids), completion_tokens)
@@ -206,11 +244,13 @@ class OpenChatServer:
         """A Completion, or an async iterator of chunk dicts when streaming."""
         preset = self.preset(request.model)
         self._check_n(request)
+        constraint = self.constraint(request)
         prompts = self.completion_prompts(request.prompt)
         params_list = [
             request.to_sampling_params(
                 max_tokens=self.max_tokens_for(len(ids), request.max_tokens),
                 defaults=preset.sampling, logprobs=request.logprobs,
+                structured=constraint.params if constraint else None,
             )
             for ids, _ in prompts
         ]
@@ -218,11 +258,15 @@ class OpenChatServer:
         request_id = f"cmpl-{uuid.uuid4().hex}"
         prompt_tokens = sum(len(ids) for ids, _ in prompts)
         if request.stream:
-            return self._stream_completion(request, request_id, prompts, params_list)
+            return self._stream_completion(request, request_id, prompts, params_list,
+                                           constraint)
         collected = await asyncio.gather(*(
             self._collect(ids, params, f"{request_id}-{i}", request.n)
             for i, ((ids, _), params) in enumerate(zip(prompts, params_list))
         ))
+        for states in collected:
+            for state in states:
+                self.verify(constraint, state.index, state.text, state.finish_reason)
         choices = [
             (i * request.n + state.index, text if request.echo else "", state)
             for i, ((_, text), states) in enumerate(zip(prompts, collected))
@@ -233,7 +277,7 @@ class OpenChatServer:
             request.logprobs, self.tokenizer.decode,
         )
 
-    async def _stream_completion(self, request, request_id, prompts, params_list):
+    async def _stream_completion(self, request, request_id, prompts, params_list, constraint):
         created = int(time.time())
         model, n = request.model, request.n
         if request.echo:
@@ -245,6 +289,7 @@ class OpenChatServer:
             for i, ((ids, _), params) in enumerate(zip(prompts, params_list))
         ]
         offsets: dict[int, int] = {}
+        texts: dict[int, str] = {}  # kept only to verify structured answers
         completion_tokens = 0
         async for prompt_index, output in merge_streams(streams):
             for choice in output.outputs:
@@ -257,9 +302,12 @@ class OpenChatServer:
                         self.tokenizer.decode, offsets.get(index, 0),
                     )
                 offsets[index] = offsets.get(index, 0) + len(choice.text)
+                if constraint is not None:
+                    texts[index] = texts.get(index, "") + choice.text
                 reason = None
                 if choice.finish_reason is not None:
                     reason = responses.FINISH_REASONS.get(choice.finish_reason, "stop")
+                    self.verify(constraint, index, texts.get(index, ""), reason)
                 if choice.text or reason or logprobs:
                     yield responses.completion_chunk(
                         request_id, model, created, index, choice.text, reason, logprobs

@@ -1,0 +1,245 @@
+"""Structured output: response_format and vLLM's `structured_outputs` -> a `Constraint`.
+
+A constraint carries three things: the vLLM StructuredOutputsParams that make xgrammar
+restrict decoding (the guarantee of shape), a short instruction for the prompt (so a real
+model fills the fields sensibly), and a validator the server runs on every finished
+answer before returning it. Schemas are checked here, before anything reaches the engine:
+an invalid schema, a keyword the decoder would silently ignore, or one xgrammar cannot
+compile gives a 400 naming the offending part.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from openchat.errors import APIError
+
+# Keywords xgrammar enforces while decoding (plus pure annotations). Anything else (not,
+# if/then/else, uniqueItems, patternProperties, ...) would be accepted by the compiler
+# but not enforced, so the service refuses it instead of returning unchecked output.
+SUPPORTED_KEYWORDS = {
+    "type", "properties", "required", "additionalProperties", "items", "prefixItems",
+    "minItems", "maxItems", "enum", "const", "anyOf", "oneOf", "$ref", "$defs",
+    "definitions", "minLength", "maxLength", "pattern", "format", "minimum", "maximum",
+    "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minProperties",
+    "maxProperties",
+    # annotations
+    "title", "description", "default", "examples", "$schema", "$id", "$comment",
+    "deprecated", "readOnly", "writeOnly",
+}
+SUPPORTED_FORMATS = {
+    "date", "time", "date-time", "duration", "email", "hostname", "ipv4", "ipv6", "uri",
+    "uri-reference", "uuid",
+}
+_SCHEMA_MAPS = {"properties", "$defs", "definitions"}
+_SCHEMA_LISTS = {"anyOf", "oneOf", "prefixItems"}
+_SCHEMA_VALUES = {"items", "additionalProperties"}
+_CPP_PREFIX = re.compile(r"^\[[^\]]*\]\s*\S+\.(cc|h|cpp):\d+:\s*")
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's request extension, with the same names and meaning: exactly one of these."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    json_: dict[str, Any] | bool | None = Field(None, alias="json")
+    regex: str | None = Field(None, min_length=1)
+    choice: list[str] | None = Field(None, min_length=1)
+    grammar: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        given = [k for k in ("json_", "regex", "choice", "grammar") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of json, regex, choice or grammar")
+        return self
+
+
+class JSONSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.type not in ("text", "json_object", "json_schema"):
+            raise ValueError("type must be 'text', 'json_object' or 'json_schema'")
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("json_schema is required when type is 'json_schema'")
+        return self
+
+
+@dataclass(frozen=True)
+class Constraint:
+    params: Any  # vllm StructuredOutputsParams
+    instruction: str | None
+    validate: Callable[[str], str | None]  # None when valid, else what is wrong
+    kind: str
+
+
+def _clean(message: str) -> str:
+    """xgrammar's C++ messages start with a timestamp and a source path: drop both."""
+    return _CPP_PREFIX.sub("", str(message).strip()).strip()
+
+
+def _walk(schema: Any, path: str) -> None:
+    if not isinstance(schema, dict):
+        if isinstance(schema, bool):
+            return
+        raise APIError(f"{path} must be a JSON Schema object.", param=path,
+                       code="invalid_json_schema")
+    for key, value in schema.items():
+        where = f"{path}.{key}"
+        if key not in SUPPORTED_KEYWORDS:
+            raise APIError(
+                f"{where}: the JSON Schema keyword '{key}' is not supported by the structured "
+                "output engine.", param=where, code="unsupported_json_schema",
+            )
+        if key == "format" and value not in SUPPORTED_FORMATS:
+            raise APIError(
+                f"{where}: format '{value}' is not supported; supported formats: "
+                f"{', '.join(sorted(SUPPORTED_FORMATS))}.", param=where,
+                code="unsupported_json_schema",
+            )
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            for name, sub in value.items():
+                _walk(sub, f"{where}.{name}")
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            for i, sub in enumerate(value):
+                _walk(sub, f"{where}[{i}]")
+        elif key in _SCHEMA_VALUES:
+            _walk(value, where)
+
+
+def check_json_schema(schema: dict[str, Any], param: str) -> Any:
+    """400 unless `schema` is valid JSON Schema the decoder fully enforces; returns the
+    jsonschema validator used to check answers."""
+    import jsonschema
+    import xgrammar
+
+    validator_cls = jsonschema.validators.validator_for(schema, jsonschema.Draft202012Validator)
+    try:
+        validator_cls.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = ".".join([param, *map(str, exc.path)]) if exc.path else param
+        raise APIError(f"{where}: invalid JSON Schema: {exc.message}", param=where,
+                       code="invalid_json_schema") from None
+    _walk(schema, param)
+    try:
+        xgrammar.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False)
+    except Exception as exc:
+        raise APIError(f"{param}: the schema cannot be compiled: {_clean(exc)}",
+                       param=param, code="unsupported_json_schema") from None
+    return validator_cls(schema, format_checker=validator_cls.FORMAT_CHECKER)
+
+
+def _json_validator(validator) -> Callable[[str], str | None]:
+    def validate(text: str) -> str | None:
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            return f"not JSON: {exc}"
+        if validator is None:
+            return None if isinstance(value, dict) else "not a JSON object"
+        error = next(iter(validator.iter_errors(value)), None)
+        return None if error is None else f"{list(error.path)}: {error.message}"
+
+    return validate
+
+
+def _grammar_validator(grammar) -> Callable[[str], str | None]:
+    from xgrammar.testing import _is_grammar_accept_string
+
+    return lambda text: None if _is_grammar_accept_string(grammar, text) else (
+        "does not match the grammar"
+    )
+
+
+def _compile(kind: str, source: str, param: str):
+    import xgrammar
+
+    try:
+        if kind == "regex":
+            return xgrammar.Grammar.from_regex(source)
+        return xgrammar.Grammar.from_ebnf(source)
+    except Exception as exc:
+        raise APIError(f"{param}: invalid {kind}: {_clean(exc)}", param=param,
+                       code=f"invalid_{kind}") from None
+
+
+def schema_instruction(schema: dict[str, Any] | None) -> str:
+    if schema is None:
+        return "Respond only with a JSON object."
+    compact = json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
+    return f"Respond only with JSON that matches this JSON Schema:\n{compact}"
+
+
+def build_constraint(
+    response_format: ResponseFormat | None, structured: StructuredOutputs | None
+) -> Constraint | None:
+    """The constraint a request asks for, or None for free text."""
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if structured is not None and response_format is not None and response_format.type != "text":
+        raise APIError("Give response_format or structured_outputs, not both.",
+                       param="structured_outputs", code="invalid_value")
+    if structured is not None:
+        return _from_extension(structured, StructuredOutputsParams)
+    if response_format is None or response_format.type == "text":
+        return None
+    if response_format.type == "json_object":
+        return Constraint(
+            StructuredOutputsParams(json_object=True),
+            schema_instruction(None), _json_validator(None), "json_object",
+        )
+    spec = response_format.json_schema
+    param = "response_format.json_schema.schema"
+    validator = check_json_schema(spec.schema_, param)
+    instruction = schema_instruction(spec.schema_)
+    if spec.description:
+        instruction = f"{spec.description}\n{instruction}"
+    return Constraint(
+        StructuredOutputsParams(json=spec.schema_),
+        instruction, _json_validator(validator), "json_schema",
+    )
+
+
+def _from_extension(structured: StructuredOutputs, params_cls) -> Constraint:
+    if structured.json_ is not None:
+        if structured.json_ is True or structured.json_ == {}:
+            return Constraint(params_cls(json_object=True),
+                              schema_instruction(None), _json_validator(None), "json_object")
+        if structured.json_ is False:
+            raise APIError("structured_outputs.json must be a schema.",
+                           param="structured_outputs.json", code="invalid_value")
+        validator = check_json_schema(structured.json_, "structured_outputs.json")
+        return Constraint(params_cls(json=structured.json_),
+                          schema_instruction(structured.json_), _json_validator(validator),
+                          "json_schema")
+    if structured.choice is not None:
+        choices = list(structured.choice)
+        return Constraint(params_cls(choice=choices), None,
+                          lambda text: None if text in choices else "not one of the choices",
+                          "choice")
+    if structured.regex is not None:
+        grammar = _compile("regex", structured.regex, "structured_outputs.regex")
+        return Constraint(params_cls(regex=structured.regex), None,
+                          _grammar_validator(grammar), "regex")
+    grammar = _compile("grammar", structured.grammar, "structured_outputs.grammar")
+    return Constraint(params_cls(grammar=structured.grammar), None,
+                      _grammar_validator(grammar), "grammar")

@@ -15,11 +15,17 @@ from openai.types.chat import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionMessage,
+    ChatCompletionMessageFunctionToolCall,
     ChatCompletionTokenLogprob,
 )
 from openai.types.chat.chat_completion import Choice, ChoiceLogprobs
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
-from openai.types.chat.chat_completion_chunk import ChoiceDelta
+from openai.types.chat.chat_completion_chunk import (
+    ChoiceDelta,
+    ChoiceDeltaToolCall,
+    ChoiceDeltaToolCallFunction,
+)
+from openai.types.chat.chat_completion_message_function_tool_call import Function
 from openai.types.chat.chat_completion_token_logprob import TopLogprob
 from openai.types.completion_choice import Logprobs
 
@@ -47,6 +53,9 @@ class ChoiceState:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[dict] = field(default_factory=list)
     finish_reason: str | None = None
+    # Set when tools were offered: the text outside call blocks, and the calls.
+    content: str | None = None
+    tool_calls: list = field(default_factory=list)
 
     def add(self, output) -> None:
         self.text += output.text
@@ -129,7 +138,7 @@ def chat_completion(
         choices=[
             Choice(
                 index=c.index,
-                message=ChatCompletionMessage(role="assistant", content=c.text),
+                message=_message(c),
                 finish_reason=c.finish_reason or "stop",
                 logprobs=chat_logprobs(c.token_ids, c.logprobs, logprobs_top, decode)
                 if logprobs_top is not None else None,
@@ -137,6 +146,23 @@ def chat_completion(
             for c in choices
         ],
         usage=usage(prompt_tokens, sum(len(c.token_ids) for c in choices)),
+    )
+
+
+def _message(choice: ChoiceState) -> ChatCompletionMessage:
+    if not choice.tool_calls:
+        content = choice.text if choice.content is None else choice.content
+        return ChatCompletionMessage(role="assistant", content=content)
+    return ChatCompletionMessage(
+        role="assistant",
+        content=choice.content or None,
+        tool_calls=[
+            ChatCompletionMessageFunctionToolCall(
+                id=call.id, type="function",
+                function=Function(name=call.name, arguments=call.arguments),
+            )
+            for call in choice.tool_calls
+        ],
     )
 
 
@@ -168,6 +194,22 @@ class ChatChunker:
         if logprobs is not None:
             choice.logprobs = logprobs
         return self._chunk([choice])
+
+    def tool_call_start(self, index: int, call_index: int, call_id: str, name: str):
+        """OpenAI's first delta of a call: index, id, type and name, empty arguments."""
+        call = ChoiceDeltaToolCall(
+            index=call_index, id=call_id, type="function",
+            function=ChoiceDeltaToolCallFunction(name=name, arguments=""),
+        )
+        delta = ChoiceDelta(tool_calls=[call])
+        return self._chunk([ChunkChoice(index=index, delta=delta, finish_reason=None)])
+
+    def tool_call_arguments(self, index: int, call_index: int, fragment: str):
+        call = ChoiceDeltaToolCall(
+            index=call_index, function=ChoiceDeltaToolCallFunction(arguments=fragment)
+        )
+        delta = ChoiceDelta(tool_calls=[call])
+        return self._chunk([ChunkChoice(index=index, delta=delta, finish_reason=None)])
 
     def finish(self, index: int, finish_reason: str) -> dict[str, Any]:
         return self._chunk(

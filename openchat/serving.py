@@ -1,21 +1,22 @@
 """The request pipeline: validated request -> preset -> prompt ids -> engine -> response.
 
-`OpenChatServer` is what routes and typed APIs call. It never touches HTTP: results are
-response objects (non-streamed) or async iterators of chunk dicts (streamed).
+`OpenChatServer` is what routes and typed APIs call: it holds the shared steps (presets,
+prompts, context limits, constraints, verification); the chat and legacy completion
+flows live in chat.py and completions.py. It never touches HTTP: results are response
+objects (non-streamed) or async iterators of chunk dicts (streamed).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 from openchat import responses
+from openchat.chat import chat_completion
+from openchat.completions import text_completion
 from openchat.config import Preset, Settings
 from openchat.errors import APIError, engine_unavailable, invalid_param, model_not_found
+from openchat.conversation import messages_to_turns
 from openchat.prompt import OpenChatTemplate, Turn
 from openchat.protocol import (
     ChatCompletionRequest,
@@ -25,47 +26,9 @@ from openchat.protocol import (
     SamplingRequest,
     TokenizeRequest,
 )
-from openchat.streams import merge_streams
 from openchat.structured import Constraint, build_constraint
 
 logger = logging.getLogger(__name__)
-
-
-def messages_to_turns(messages: list[ChatMessage]) -> list[Turn]:
-    """OpenAI messages -> template turns; refuses what OpenChat cannot read."""
-    turns = []
-    for i, message in enumerate(messages):
-        role = "system" if message.role == "developer" else message.role
-        if role in ("tool", "function") or message.tool_calls:
-            raise invalid_param(
-                f"messages[{i}]", "Tool calls and tool messages need `tools`, which this "
-                "service does not support yet.", code="unsupported_parameter",
-            )
-        text = _message_text(message, i)
-        if message.name and role == "user":
-            text = f"{message.name}: {text}"
-        turns.append(Turn(role=role, content=text))
-    return turns
-
-
-def _message_text(message: ChatMessage, i: int) -> str:
-    if message.content is None:
-        if message.role == "assistant":
-            return ""
-        raise invalid_param(f"messages[{i}].content", f"messages[{i}].content is required.",
-                            code="missing_required_parameter")
-    if isinstance(message.content, str):
-        return message.content
-    texts = []
-    for j, part in enumerate(message.content):
-        if part.type != "text" or part.text is None:
-            raise invalid_param(
-                f"messages[{i}].content[{j}]",
-                f"Content parts of type '{part.type}' are not supported: OpenChat-3.5 reads "
-                "text only.", code="unsupported_content_type",
-            )
-        texts.append(part.text)
-    return "".join(texts)
 
 
 class OpenChatServer:
@@ -86,11 +49,11 @@ class OpenChatServer:
             raise model_not_found(model)
         return preset
 
-    def _check_engine(self) -> None:
+    def check_engine(self) -> None:
         if not self.engine.is_healthy:
             raise engine_unavailable()
 
-    def _check_n(self, request: SamplingRequest) -> None:
+    def check_n(self, request: SamplingRequest) -> None:
         limit = self.settings.limits.max_n
         if request.n > limit:
             raise invalid_param("n", f"n must be at most {limit}.")
@@ -171,152 +134,21 @@ class OpenChatServer:
             prompts.append((list(p), self.tokenizer.decode(p)))
         return prompts
 
-    # -- chat ---------------------------------------------------------------------------
-
-    def _check_chat_features(self, request: ChatCompletionRequest) -> None:
-        if request.tools:
-            raise invalid_param("tools", "tools are not supported yet.",
-                                code="unsupported_parameter")
-
-    async def chat(self, request: ChatCompletionRequest):
-        """A ChatCompletion, or an async iterator of chunk dicts when streaming."""
-        preset = self.preset(request.model)
-        self._check_chat_features(request)
-        self._check_n(request)
-        constraint = self.constraint(request)
-        prompt_ids = self.chat_prompt(request.messages, preset, request.condition,
-                                      constraint.instruction if constraint else None)
-        max_tokens = self.max_tokens_for(len(prompt_ids), request.requested_max_tokens())
-        params = request.to_sampling_params(
-            max_tokens=max_tokens, defaults=preset.sampling, logprobs=request.logprobs_count(),
-            structured=constraint.params if constraint else None,
-        )
-        self._check_engine()
-        request_id = f"chatcmpl-{uuid.uuid4().hex}"
-        if request.stream:
-            return self._stream_chat(request, request_id, prompt_ids, params, constraint)
-        states = await self._collect(prompt_ids, params, request_id, request.n)
-        for state in states:
-            self.verify(constraint, state.index, state.text, state.finish_reason)
-        return responses.chat_completion(
-            request_id, request.model, states, len(prompt_ids),
-            request.logprobs_count(), self.tokenizer.decode,
-        )
-
-    async def _stream_chat(self, request, request_id, prompt_ids, params,
-                           constraint) -> AsyncIterator[dict]:
-        chunker = responses.ChatChunker(request_id, request.model, request.include_usage_in_stream)
-        top = request.logprobs_count()
-        for index in range(request.n):
-            yield chunker.role(index)
-        completion_tokens = 0
-        texts = [""] * request.n  # kept only to verify structured answers
-        async for output in self.engine.generate(prompt_ids, params, request_id):
-            for choice in output.outputs:
-                completion_tokens += len(choice.token_ids)
-                if constraint is not None:
-                    texts[choice.index] += choice.text
-                if choice.text or (choice.token_ids and top is not None):
-                    logprobs = None
-                    if top is not None:
-                        logprobs = responses.chat_logprobs(
-                            list(choice.token_ids), choice.logprobs or [], top,
-                            self.tokenizer.decode,
-                        )
-                    yield chunker.content(choice.index, choice.text, logprobs)
-                if choice.finish_reason is not None:
-                    reason = responses.FINISH_REASONS.get(choice.finish_reason, "stop")
-                    self.verify(constraint, choice.index, texts[choice.index], reason)
-                    yield chunker.finish(choice.index, reason)
-        if request.include_usage_in_stream:
-            yield chunker.usage(len(prompt_ids), completion_tokens)
-
-    async def _collect(self, prompt_ids, params, request_id, n) -> list[responses.ChoiceState]:
+    async def collect(self, prompt_ids, params, request_id, n) -> list[responses.ChoiceState]:
+        """Run one engine request to the end, gathering each choice's deltas."""
         states = [responses.ChoiceState(index=i) for i in range(n)]
         async for output in self.engine.generate(prompt_ids, params, request_id):
             for choice in output.outputs:
                 states[choice.index].add(choice)
         return states
 
-    # -- legacy completions -------------------------------------------------------------
+    async def chat(self, request: ChatCompletionRequest):
+        """A ChatCompletion, or an async iterator of chunk dicts when streaming."""
+        return await chat_completion(self, request)
 
     async def complete(self, request: CompletionRequest):
         """A Completion, or an async iterator of chunk dicts when streaming."""
-        preset = self.preset(request.model)
-        self._check_n(request)
-        constraint = self.constraint(request)
-        prompts = self.completion_prompts(request.prompt)
-        params_list = [
-            request.to_sampling_params(
-                max_tokens=self.max_tokens_for(len(ids), request.max_tokens),
-                defaults=preset.sampling, logprobs=request.logprobs,
-                structured=constraint.params if constraint else None,
-            )
-            for ids, _ in prompts
-        ]
-        self._check_engine()
-        request_id = f"cmpl-{uuid.uuid4().hex}"
-        prompt_tokens = sum(len(ids) for ids, _ in prompts)
-        if request.stream:
-            return self._stream_completion(request, request_id, prompts, params_list,
-                                           constraint)
-        collected = await asyncio.gather(*(
-            self._collect(ids, params, f"{request_id}-{i}", request.n)
-            for i, ((ids, _), params) in enumerate(zip(prompts, params_list))
-        ))
-        for states in collected:
-            for state in states:
-                self.verify(constraint, state.index, state.text, state.finish_reason)
-        choices = [
-            (i * request.n + state.index, text if request.echo else "", state)
-            for i, ((_, text), states) in enumerate(zip(prompts, collected))
-            for state in states
-        ]
-        return responses.completion(
-            request_id, request.model, choices, prompt_tokens,
-            request.logprobs, self.tokenizer.decode,
-        )
-
-    async def _stream_completion(self, request, request_id, prompts, params_list, constraint):
-        created = int(time.time())
-        model, n = request.model, request.n
-        if request.echo:
-            for i, (_, text) in enumerate(prompts):
-                for j in range(n):
-                    yield responses.completion_chunk(request_id, model, created, i * n + j, text)
-        streams = [
-            self.engine.generate(ids, params, f"{request_id}-{i}")
-            for i, ((ids, _), params) in enumerate(zip(prompts, params_list))
-        ]
-        offsets: dict[int, int] = {}
-        texts: dict[int, str] = {}  # kept only to verify structured answers
-        completion_tokens = 0
-        async for prompt_index, output in merge_streams(streams):
-            for choice in output.outputs:
-                index = prompt_index * n + choice.index
-                completion_tokens += len(choice.token_ids)
-                logprobs = None
-                if request.logprobs is not None:
-                    logprobs = responses.completion_logprobs(
-                        list(choice.token_ids), choice.logprobs or [], request.logprobs,
-                        self.tokenizer.decode, offsets.get(index, 0),
-                    )
-                offsets[index] = offsets.get(index, 0) + len(choice.text)
-                if constraint is not None:
-                    texts[index] = texts.get(index, "") + choice.text
-                reason = None
-                if choice.finish_reason is not None:
-                    reason = responses.FINISH_REASONS.get(choice.finish_reason, "stop")
-                    self.verify(constraint, index, texts.get(index, ""), reason)
-                if choice.text or reason or logprobs:
-                    yield responses.completion_chunk(
-                        request_id, model, created, index, choice.text, reason, logprobs
-                    )
-        if request.include_usage_in_stream:
-            yield responses.completion_usage_chunk(
-                request_id, model, created, sum(len(ids) for ids, _ in prompts),
-                completion_tokens,
-            )
+        return await text_completion(self, request)
 
     # -- models and tokens --------------------------------------------------------------
 

@@ -1,0 +1,158 @@
+"""/v1/chat/completions: messages -> prompt (+ tools or schema) -> engine -> answer.
+
+Each choice's text goes through an `Answer`: plain text as it is, or, when tools are
+offered, split into content and tool calls by the same parser for streamed and whole
+answers. Finished answers are verified (schema, tool arguments) before they leave.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+from openchat import responses
+from openchat.errors import APIError
+from openchat.functions import ToolPlan, check_no_tool_conflicts, plan_tools
+from openchat.protocol import ChatCompletionRequest
+from openchat.toolcalls import ToolCallParser, check_calls
+
+logger = logging.getLogger(__name__)
+
+
+async def chat_completion(server, request: ChatCompletionRequest):
+    """A ChatCompletion, or an async iterator of chunk dicts when streaming."""
+    from vllm.sampling_params import StructuredOutputsParams
+
+    preset = server.preset(request.model)
+    server.check_n(request)
+    plan = plan_tools(request.tools, request.tool_choice, request.parallel_tool_calls)
+    check_no_tool_conflicts(plan, request)
+    constraint = server.constraint(request)
+    if plan is not None:
+        instruction = plan.instruction()
+        structured = StructuredOutputsParams(structural_tag=plan.structural_tag())
+    else:
+        instruction = constraint.instruction if constraint else None
+        structured = constraint.params if constraint else None
+    prompt_ids = server.chat_prompt(request.messages, preset, request.condition, instruction)
+    max_tokens = server.max_tokens_for(len(prompt_ids), request.requested_max_tokens())
+    params = request.to_sampling_params(
+        max_tokens=max_tokens, defaults=preset.sampling, logprobs=request.logprobs_count(),
+        structured=structured,
+    )
+    server.check_engine()
+    request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    if request.stream:
+        return _stream(server, request, request_id, prompt_ids, params, plan, constraint)
+    states = await server.collect(prompt_ids, params, request_id, request.n)
+    for state in states:
+        answer = Answer(server, state.index, plan, constraint)
+        answer.feed(state.text)
+        state.finish_reason = answer.finish(state.finish_reason)
+        state.content, state.tool_calls = answer.content(), answer.calls()
+    return responses.chat_completion(
+        request_id, request.model, states, len(prompt_ids),
+        request.logprobs_count(), server.tokenizer.decode,
+    )
+
+
+class Answer:
+    """One choice's text on its way out: events for streaming, content and calls at the
+    end, and the server-side check of what finished."""
+
+    def __init__(self, server, index: int, plan: ToolPlan | None, constraint):
+        self.server = server
+        self.index = index
+        self.plan = plan
+        self.constraint = constraint
+        self.parser = ToolCallParser() if plan is not None else None
+        self.text = ""
+        self.tail: list = []  # events flushed by finish()
+        self._content: list[str] = []
+
+    def feed(self, delta: str) -> list:
+        self.text += delta
+        if self.parser is None:
+            return [("text", delta)] if delta else []
+        return self._events(self.parser.feed(delta))
+
+    def finish(self, engine_reason: str | None) -> str:
+        """The OpenAI finish_reason, after verifying what the engine finished."""
+        reason = responses.FINISH_REASONS.get(engine_reason or "stop", "stop")
+        if self.parser is None:
+            self.server.verify(self.constraint, self.index, self.text, reason)
+            return reason
+        self.tail = self._events(self.parser.finish())
+        if reason != "stop":
+            return reason
+        problem = check_calls(self.plan, self.parser.complete_calls)
+        if problem is not None:
+            logger.error("tool call violation in choice %d: %s; text=%r",
+                         self.index, problem, self.text[:2000])
+            raise APIError(f"Choice {self.index} produced an invalid tool call ({problem}). "
+                           "This is a server error and has been logged.", status=500,
+                           type="server_error", code="tool_call_invalid")
+        return "tool_calls" if self.parser.complete_calls else "stop"
+
+    def content(self) -> str | None:
+        if self.parser is None:
+            return None  # plain answers keep their text as is
+        return "".join(self._content) or None
+
+    def calls(self) -> list:
+        return self.parser.complete_calls if self.parser is not None else []
+
+    def _events(self, events) -> list:
+        out = []
+        for event in events:
+            if event.kind == "text":
+                self._content.append(event.text)
+                out.append(("text", event.text))
+            elif event.kind == "call_start":
+                out.append(("call_start", event.index, event.call.id, event.call.name))
+            else:
+                out.append(("arguments", event.index, event.text))
+        return out
+
+
+async def _stream(server, request, request_id, prompt_ids, params, plan,
+                  constraint) -> AsyncIterator[dict]:
+    chunker = responses.ChatChunker(request_id, request.model, request.include_usage_in_stream)
+    top = request.logprobs_count()
+    answers = [Answer(server, i, plan, constraint) for i in range(request.n)]
+    for index in range(request.n):
+        yield chunker.role(index)
+    completion_tokens = 0
+    async for output in server.engine.generate(prompt_ids, params, request_id):
+        for choice in output.outputs:
+            completion_tokens += len(choice.token_ids)
+            answer = answers[choice.index]
+            logprobs = None
+            if top is not None and choice.token_ids:
+                logprobs = responses.chat_logprobs(
+                    list(choice.token_ids), choice.logprobs or [], top, server.tokenizer.decode
+                )
+            events = answer.feed(choice.text)
+            if logprobs is not None and not any(e[0] == "text" for e in events):
+                events.insert(0, ("text", ""))
+            for chunk in _chunks(chunker, choice.index, events, logprobs):
+                yield chunk
+            if choice.finish_reason is not None:
+                reason = answer.finish(choice.finish_reason)
+                for chunk in _chunks(chunker, choice.index, answer.tail, None):
+                    yield chunk
+                yield chunker.finish(choice.index, reason)
+    if request.include_usage_in_stream:
+        yield chunker.usage(len(prompt_ids), completion_tokens)
+
+
+def _chunks(chunker, index: int, events: list, logprobs):
+    for event in events:
+        if event[0] == "text":
+            yield chunker.content(index, event[1], logprobs)
+            logprobs = None  # a delta's logprobs go with its first text chunk
+        elif event[0] == "call_start":
+            yield chunker.tool_call_start(index, event[1], event[2], event[3])
+        else:
+            yield chunker.tool_call_arguments(index, event[1], event[2])

@@ -6,15 +6,15 @@ stops the in-process vLLM engine, mounts the OpenAI-compatible app and exposes t
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
-import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
 import bentoml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from openchat.config import Condition, get_settings
 from openchat.errors import APIError
@@ -43,10 +43,12 @@ class ChatResult(BaseModel):
     usage: Usage
 
 
-def _bentoml_error(error: APIError) -> Exception:
+def _bentoml_error(error: APIError | ValidationError) -> Exception:
     """APIError -> the BentoML exception that carries the same HTTP status."""
     from bentoml import exceptions
 
+    if isinstance(error, ValidationError):
+        return exceptions.InvalidArgument(str(error))
     by_status = {400: exceptions.InvalidArgument, 404: exceptions.NotFound,
                  503: exceptions.ServiceUnavailable}
     return by_status.get(error.status, exceptions.InternalServerError)(error.message)
@@ -126,13 +128,13 @@ class OpenChat:
         condition: Condition | None = None,
     ) -> ChatResult:
         """One chat turn: OpenAI-style messages in, the assistant's text and usage out."""
-        request = ChatCompletionRequest(
-            model=model, messages=messages, max_tokens=max_tokens, temperature=temperature,
-            top_p=top_p, stop=stop, seed=seed, condition=condition,
-        )
         try:
+            request = ChatCompletionRequest(
+                model=model, messages=messages, max_tokens=max_tokens,
+                temperature=temperature, top_p=top_p, stop=stop, seed=seed, condition=condition,
+            )
             completion = await self.server.chat(request)
-        except APIError as error:
+        except (APIError, ValidationError) as error:
             raise _bentoml_error(error) from None
         choice = completion.choices[0]
         return ChatResult(
@@ -166,7 +168,7 @@ class OpenChat:
                                  "json_schema": {"name": "extraction", "schema": json_schema}},
             )
             completion = await self.server.chat(request)
-        except APIError as error:
+        except (APIError, ValidationError) as error:
             raise _bentoml_error(error) from None
         choice = completion.choices[0]
         if choice.finish_reason != "stop":
@@ -186,13 +188,13 @@ class OpenChat:
         seed: int | None = None,
     ) -> AsyncGenerator[str, None]:
         """Stream the continuation of a raw prompt as text pieces."""
-        request = CompletionRequest(
-            model=model, prompt=prompt, max_tokens=max_tokens, temperature=temperature,
-            stop=stop, seed=seed, stream=True,
-        )
         try:
+            request = CompletionRequest(
+                model=model, prompt=prompt, max_tokens=max_tokens, temperature=temperature,
+                stop=stop, seed=seed, stream=True,
+            )
             chunks = await self.server.complete(request)
-        except APIError as error:
+        except (APIError, ValidationError) as error:
             raise _bentoml_error(error) from None
         async for chunk in chunks:
             for choice in chunk["choices"]:

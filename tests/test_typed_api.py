@@ -31,3 +31,9 @@ def test_chat_unknown_model_is_client_error(bento):
     with pytest.raises(bentoml.exceptions.BentoMLException) as excinfo:
         bento.chat(messages=[{"role": "user", "content": "Hi"}], model="nope")
     assert "nope" in str(excinfo.value)
+
+
+def test_chat_bad_option_is_client_error(bento):
+    with pytest.raises(bentoml.exceptions.BentoMLException) as excinfo:
+        bento.chat(messages=[{"role": "user", "content": "Hi"}], stop=["a", "b", "c", "d", "e"])
+    assert excinfo.value.error_code == 400

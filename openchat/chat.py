@@ -1,23 +1,18 @@
 """/v1/chat/completions: messages -> prompt (+ tools or schema) -> engine -> answer.
 
-Each choice's text goes through an `Answer`: plain text as it is, or, when tools are
-offered, split into content and tool calls by the same parser for streamed and whole
-answers. Finished answers are verified (schema, tool arguments) before they leave.
+Each choice's text goes through an `Answer` (answer.py): plain text, or content and tool
+calls, verified before it leaves.
 """
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import AsyncIterator
 
 from openchat import responses
-from openchat.errors import APIError
-from openchat.functions import ToolPlan, check_no_tool_conflicts, plan_tools
+from openchat.answer import Answer
+from openchat.functions import check_no_tool_conflicts, plan_tools
 from openchat.protocol import ChatCompletionRequest
-from openchat.toolcalls import ToolCallParser, check_calls
-
-logger = logging.getLogger(__name__)
 
 
 async def chat_completion(server, request: ChatCompletionRequest):
@@ -47,7 +42,7 @@ async def chat_completion(server, request: ChatCompletionRequest):
         return _stream(server, request, request_id, prompt_ids, params, plan, constraint)
     states = await server.collect(prompt_ids, params, request_id, request.n)
     for state in states:
-        answer = Answer(server, state.index, plan, constraint)
+        answer = Answer(state.index, plan, constraint)
         answer.feed(state.text)
         state.finish_reason = answer.finish(state.finish_reason)
         state.content, state.tool_calls = answer.content(), answer.calls()
@@ -57,70 +52,11 @@ async def chat_completion(server, request: ChatCompletionRequest):
     )
 
 
-class Answer:
-    """One choice's text on its way out: events for streaming, content and calls at the
-    end, and the server-side check of what finished."""
-
-    def __init__(self, server, index: int, plan: ToolPlan | None, constraint):
-        self.server = server
-        self.index = index
-        self.plan = plan
-        self.constraint = constraint
-        self.parser = ToolCallParser() if plan is not None else None
-        self.text = ""
-        self.tail: list = []  # events flushed by finish()
-        self._content: list[str] = []
-
-    def feed(self, delta: str) -> list:
-        self.text += delta
-        if self.parser is None:
-            return [("text", delta)] if delta else []
-        return self._events(self.parser.feed(delta))
-
-    def finish(self, engine_reason: str | None) -> str:
-        """The OpenAI finish_reason, after verifying what the engine finished."""
-        reason = responses.FINISH_REASONS.get(engine_reason or "stop", "stop")
-        if self.parser is None:
-            self.server.verify(self.constraint, self.index, self.text, reason)
-            return reason
-        self.tail = self._events(self.parser.finish())
-        if reason != "stop":
-            return reason
-        problem = check_calls(self.plan, self.parser.complete_calls)
-        if problem is not None:
-            logger.error("tool call violation in choice %d: %s; text=%r",
-                         self.index, problem, self.text[:2000])
-            raise APIError(f"Choice {self.index} produced an invalid tool call ({problem}). "
-                           "This is a server error and has been logged.", status=500,
-                           type="server_error", code="tool_call_invalid")
-        return "tool_calls" if self.parser.complete_calls else "stop"
-
-    def content(self) -> str | None:
-        if self.parser is None:
-            return None  # plain answers keep their text as is
-        return "".join(self._content) or None
-
-    def calls(self) -> list:
-        return self.parser.complete_calls if self.parser is not None else []
-
-    def _events(self, events) -> list:
-        out = []
-        for event in events:
-            if event.kind == "text":
-                self._content.append(event.text)
-                out.append(("text", event.text))
-            elif event.kind == "call_start":
-                out.append(("call_start", event.index, event.call.id, event.call.name))
-            else:
-                out.append(("arguments", event.index, event.text))
-        return out
-
-
 async def _stream(server, request, request_id, prompt_ids, params, plan,
                   constraint) -> AsyncIterator[dict]:
     chunker = responses.ChatChunker(request_id, request.model, request.include_usage_in_stream)
     top = request.logprobs_count()
-    answers = [Answer(server, i, plan, constraint) for i in range(request.n)]
+    answers = [Answer(i, plan, constraint) for i in range(request.n)]
     for index in range(request.n):
         yield chunker.role(index)
     completion_tokens = 0

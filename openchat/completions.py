@@ -7,6 +7,7 @@ import time
 import uuid
 
 from openchat import responses
+from openchat.answer import Answer
 from openchat.protocol import CompletionRequest
 from openchat.streams import merge_streams
 
@@ -36,7 +37,9 @@ async def text_completion(server, request: CompletionRequest):
     ))
     for states in collected:
         for state in states:
-            server.verify(constraint, state.index, state.text, state.finish_reason)
+            answer = Answer(state.index, constraint=constraint)
+            answer.feed(state.text)
+            state.finish_reason = answer.finish(state.finish_reason)
     choices = [
         (i * request.n + state.index, text if request.echo else "", state)
         for i, ((_, text), states) in enumerate(zip(prompts, collected))
@@ -46,6 +49,7 @@ async def text_completion(server, request: CompletionRequest):
         request_id, request.model, choices, prompt_tokens,
         request.logprobs, server.tokenizer.decode,
     )
+
 
 async def _stream(server, request, request_id, prompts, params_list, constraint):
     created = int(time.time())
@@ -59,7 +63,7 @@ async def _stream(server, request, request_id, prompts, params_list, constraint)
         for i, ((ids, _), params) in enumerate(zip(prompts, params_list))
     ]
     offsets: dict[int, int] = {}
-    texts: dict[int, str] = {}  # kept only to verify structured answers
+    answers: dict[int, Answer] = {}
     completion_tokens = 0
     async for prompt_index, output in merge_streams(streams):
         for choice in output.outputs:
@@ -72,12 +76,13 @@ async def _stream(server, request, request_id, prompts, params_list, constraint)
                     server.tokenizer.decode, offsets.get(index, 0),
                 )
             offsets[index] = offsets.get(index, 0) + len(choice.text)
-            if constraint is not None:
-                texts[index] = texts.get(index, "") + choice.text
+            if index not in answers:
+                answers[index] = Answer(index, constraint=constraint)
+            answer = answers[index]
+            answer.feed(choice.text)
             reason = None
             if choice.finish_reason is not None:
-                reason = responses.FINISH_REASONS.get(choice.finish_reason, "stop")
-                server.verify(constraint, index, texts.get(index, ""), reason)
+                reason = answer.finish(choice.finish_reason)
             if choice.text or reason or logprobs:
                 yield responses.completion_chunk(
                     request_id, model, created, index, choice.text, reason, logprobs

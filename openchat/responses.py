@@ -72,16 +72,18 @@ def _token_text(logprob, token_id: int, decode) -> str:
     return logprob.decoded_token if logprob.decoded_token is not None else decode([token_id])
 
 
+def _top_alternatives(step: dict, top: int) -> list:
+    """The `top` best (token id, Logprob) pairs of one step, best first."""
+    ranked = [(tid, lp) for tid, lp in step.items() if lp.rank is not None and lp.rank <= top]
+    return sorted(ranked, key=lambda item: item[1].rank)[:top]
+
+
 def chat_logprobs(token_ids: list[int], steps: list[dict], top: int, decode) -> ChoiceLogprobs:
     """OpenAI chat logprobs: per sampled token, its logprob and the `top` alternatives."""
     content = []
     for token_id, step in zip(token_ids, steps):
         sampled = step[token_id]
         text = _token_text(sampled, token_id, decode)
-        alternatives = sorted(
-            ((tid, lp) for tid, lp in step.items() if lp.rank is not None and lp.rank <= top),
-            key=lambda item: item[1].rank,
-        )[:top]
         content.append(
             ChatCompletionTokenLogprob(
                 token=text,
@@ -93,7 +95,7 @@ def chat_logprobs(token_ids: list[int], steps: list[dict], top: int, decode) -> 
                         logprob=max(lp.logprob, -9999.0),
                         bytes=list(t.encode("utf-8")),
                     )
-                    for tid, lp in alternatives
+                    for tid, lp in _top_alternatives(step, top)
                 ],
             )
         )
@@ -111,11 +113,8 @@ def completion_logprobs(
         text = _token_text(sampled, token_id, decode)
         tokens.append(text)
         token_logprobs.append(max(sampled.logprob, -9999.0))
-        ranked = sorted(
-            ((tid, lp) for tid, lp in step.items() if lp.rank is not None and lp.rank <= top),
-            key=lambda item: item[1].rank,
-        )[:top]
-        top_logprobs.append({_token_text(lp, tid, decode): lp.logprob for tid, lp in ranked})
+        top_logprobs.append({_token_text(lp, tid, decode): lp.logprob
+                             for tid, lp in _top_alternatives(step, top)})
         offsets.append(offset)
         offset += len(text)
     return Logprobs(

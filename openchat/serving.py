@@ -1,14 +1,13 @@
 """The request pipeline: validated request -> preset -> prompt ids -> engine -> response.
 
 `OpenChatServer` is what routes and typed APIs call: it holds the shared steps (presets,
-prompts, context limits, constraints, verification); the chat and legacy completion
-flows live in chat.py and completions.py. It never touches HTTP: results are response
-objects (non-streamed) or async iterators of chunk dicts (streamed).
+prompts, context limits, constraints); the chat and legacy completion flows live in
+chat.py and completions.py. It never touches HTTP: results are response objects
+(non-streamed) or async iterators of chunk dicts (streamed).
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from openchat import responses
@@ -27,8 +26,6 @@ from openchat.protocol import (
     TokenizeRequest,
 )
 from openchat.structured import Constraint, build_constraint
-
-logger = logging.getLogger(__name__)
 
 
 class OpenChatServer:
@@ -97,22 +94,6 @@ class OpenChatServer:
             raise invalid_param("ignore_eos", "ignore_eos cannot be combined with "
                                 "structured output.")
         return constraint
-
-    @staticmethod
-    def verify(constraint: Constraint | None, index: int, text: str, finish_reason) -> None:
-        """The server-side guarantee: a finished (`stop`) structured answer is valid.
-        A violation is a bug in the constraint path, surfaced rather than returned."""
-        if constraint is None or finish_reason != "stop":
-            return
-        problem = constraint.validate(text)
-        if problem is not None:
-            logger.error("structured output violation (%s) in choice %d: %s; text=%r",
-                         constraint.kind, index, problem, text[:2000])
-            raise APIError(
-                f"Choice {index} did not match the requested {constraint.kind} format "
-                f"({problem}). This is a server error and has been logged.",
-                status=500, type="server_error", code="structured_output_invalid",
-            )
 
     def completion_prompts(self, prompt) -> list[tuple[list[int], str]]:
         """(token ids, prompt text for echo) for each prompt of a legacy request."""

@@ -1,0 +1,91 @@
+"""One choice's text on its way out, for chat and legacy completions alike.
+
+An `Answer` is fed the engine's text deltas and returns what to send: plain text as it
+is, or, when tools are offered, content and tool-call events from the incremental parser
+(so streamed and whole answers are assembled by the same code). `finish` turns the
+engine's finish reason into OpenAI's and is the server-side guarantee: a finished
+structured answer must validate and finished tool calls must match their schemas. A
+violation is a bug in the constraint path; it is logged and surfaced as a 500, never
+returned as if valid.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from openchat.errors import APIError
+from openchat.functions import ToolPlan
+from openchat.responses import FINISH_REASONS
+from openchat.structured import Constraint
+from openchat.toolcalls import ToolCallParser, check_calls
+
+logger = logging.getLogger(__name__)
+
+
+class Answer:
+    def __init__(self, index: int, plan: ToolPlan | None = None,
+                 constraint: Constraint | None = None):
+        self.index = index
+        self.plan = plan
+        self.constraint = constraint
+        self.parser = ToolCallParser() if plan is not None else None
+        # The whole text is only kept when something has to check it.
+        self._keep_text = plan is not None or constraint is not None
+        self.text = ""
+        self.tail: list = []  # events flushed by finish()
+        self._content: list[str] = []
+
+    def feed(self, delta: str) -> list:
+        """Events for one delta: ("text", s), ("call_start", i, id, name), ("arguments", i, s)."""
+        if self._keep_text:
+            self.text += delta
+        if self.parser is None:
+            return [("text", delta)] if delta else []
+        return self._events(self.parser.feed(delta))
+
+    def finish(self, engine_reason: str | None) -> str:
+        """OpenAI's finish_reason, after verifying what the engine finished."""
+        reason = FINISH_REASONS.get(engine_reason or "stop", "stop")
+        if self.parser is not None:
+            self.tail = self._events(self.parser.finish())
+        if reason != "stop":
+            return reason  # cut short: nothing claims to be complete
+        if self.parser is not None:
+            self._check("tool call", "tool_call_invalid",
+                        check_calls(self.plan, self.parser.complete_calls))
+            return "tool_calls" if self.parser.complete_calls else "stop"
+        if self.constraint is not None:
+            self._check(f"{self.constraint.kind} output", "structured_output_invalid",
+                        self.constraint.validate(self.text))
+        return reason
+
+    def content(self) -> str | None:
+        """With tools: the text outside call blocks (None if empty); else None, meaning the
+        answer's text is its content as it is."""
+        if self.parser is None:
+            return None
+        return "".join(self._content) or None
+
+    def calls(self) -> list:
+        return self.parser.complete_calls if self.parser is not None else []
+
+    def _check(self, what: str, code: str, problem: str | None) -> None:
+        if problem is None:
+            return
+        logger.error("%s violation in choice %d: %s; text=%r",
+                     what, self.index, problem, self.text[:2000])
+        raise APIError(f"Choice {self.index} produced an invalid {what} ({problem}). This is "
+                       "a server error and has been logged.", status=500,
+                       type="server_error", code=code)
+
+    def _events(self, events) -> list:
+        out = []
+        for event in events:
+            if event.kind == "text":
+                self._content.append(event.text)
+                out.append(("text", event.text))
+            elif event.kind == "call_start":
+                out.append(("call_start", event.index, event.call.id, event.call.name))
+            else:
+                out.append(("arguments", event.index, event.text))
+        return out

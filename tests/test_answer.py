@@ -1,0 +1,46 @@
+"""Unit tests: an answer's finish reason and the server-side guarantee it enforces."""
+
+from __future__ import annotations
+
+import pytest
+
+from openchat.answer import Answer
+from openchat.errors import APIError
+from openchat.functions import plan_tools
+from openchat.structured import ResponseFormat, build_constraint
+
+ADD = {"type": "function", "function": {"name": "add", "parameters": {
+    "type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}}
+
+
+def test_plain_answer_passes_text_through():
+    answer = Answer(0)
+    assert answer.feed("Hi") == [("text", "Hi")]
+    assert answer.finish("length") == "length"
+    assert answer.content() is None and answer.calls() == []
+
+
+def test_invalid_structured_answer_is_a_500_but_a_cut_one_is_length():
+    constraint = build_constraint(ResponseFormat(type="json_object"), None)
+    cut = Answer(0, constraint=constraint)
+    cut.feed('{"a":')
+    assert cut.finish("length") == "length"
+    broken = Answer(1, constraint=constraint)
+    broken.feed('{"a":')
+    with pytest.raises(APIError) as excinfo:
+        broken.finish("stop")
+    assert excinfo.value.status == 500 and excinfo.value.code == "structured_output_invalid"
+
+
+def test_tool_answer_finishes_with_tool_calls_or_a_500():
+    plan = plan_tools([ADD], "required", True)
+    answer = Answer(0, plan)
+    events = answer.feed('<tool_call>{"name":"add","arguments":{"a":1}}</tool_call>')
+    assert [e[0] for e in events] == ["call_start", "arguments"]
+    assert answer.finish("stop") == "tool_calls"
+    assert answer.content() is None and answer.calls()[0].arguments == '{"a":1}'
+    wrong = Answer(0, plan)
+    wrong.feed('<tool_call>{"name":"add","arguments":{"a":"x"}}</tool_call>')
+    with pytest.raises(APIError) as excinfo:
+        wrong.finish("stop")
+    assert excinfo.value.code == "tool_call_invalid"

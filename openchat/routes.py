@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Match
 
 from openchat.errors import APIError, error_body, install_error_handlers
 from openchat.protocol import (
@@ -142,6 +143,14 @@ def create_app(get_server: Callable[[], Any]) -> FastAPI:
 
     @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     async def unknown_endpoint(path: str, request: Request) -> JSONResponse:
+        # This catch-all also receives known paths called with the wrong method.
+        known = any(
+            route.matches(request.scope)[0] == Match.PARTIAL
+            for route in app.routes if route.name != "unknown_endpoint"
+        )
+        if known:
+            raise APIError(f"Method {request.method} is not allowed for /v1/{path}.",
+                           status=405, code="method_not_allowed")
         raise APIError(f"Unknown endpoint: {request.method} /v1/{path}", status=404,
                        code="unknown_url")
 

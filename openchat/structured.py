@@ -145,7 +145,55 @@ def check_json_schema(schema: dict[str, Any], param: str) -> Any:
     except Exception as exc:
         raise APIError(f"{param}: the schema cannot be compiled: {_clean(exc)}",
                        param=param, code="unsupported_json_schema") from None
+    if not _admits_finite_value(schema, schema, frozenset()):
+        raise APIError(
+            f"{param}: the schema admits no finite JSON value (a $ref cycle that every "
+            "value must follow, e.g. through a required property).", param=param,
+            code="invalid_json_schema",
+        )
     return validator_cls(schema, format_checker=validator_cls.FORMAT_CHECKER)
+
+
+def _resolve(root: dict[str, Any], ref: str) -> Any:
+    """A local `$ref` ("#", "#/$defs/x", "#/definitions/x"); None when not local."""
+    if not ref.startswith("#"):
+        return None
+    node: Any = root
+    for part in filter(None, ref[1:].split("/")):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _admits_finite_value(node: Any, root: dict[str, Any], refs_on_path: frozenset) -> bool:
+    """Whether some finite JSON value matches `node`. xgrammar compiles a schema whose
+    every value must recurse forever, and decoding then ends in a truncated answer, so
+    such schemas are refused up front. Optional recursion (trees) is fine."""
+    if isinstance(node, bool) or not isinstance(node, dict):
+        return node is not False
+    ref = node.get("$ref")
+    if isinstance(ref, str):
+        if ref in refs_on_path:
+            return False
+        target = _resolve(root, ref)
+        if target is not None and not _admits_finite_value(target, root, refs_on_path | {ref}):
+            return False
+    for key in ("anyOf", "oneOf"):
+        if isinstance(node.get(key), list) and not any(
+            _admits_finite_value(sub, root, refs_on_path) for sub in node[key]
+        ):
+            return False
+    properties = node.get("properties") if isinstance(node.get("properties"), dict) else {}
+    for name in node.get("required") or []:
+        if name in properties and not _admits_finite_value(properties[name], root, refs_on_path):
+            return False
+    if (node.get("minItems") or 0) > 0:
+        prefix = node.get("prefixItems") or []
+        needed = prefix[: node["minItems"]] if prefix else [node.get("items", True)]
+        if not all(_admits_finite_value(sub, root, refs_on_path) for sub in needed):
+            return False
+    return True
 
 
 def _json_validator(validator) -> Callable[[str], str | None]:

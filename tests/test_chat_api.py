@@ -262,6 +262,12 @@ def test_unknown_endpoint_is_404_in_openai_shape(http):
     assert response.json()["error"]["code"] == "unknown_url"
 
 
+def test_wrong_method_is_405_in_openai_shape(http):
+    response = http.get("/v1/chat/completions")
+    assert response.status_code == 405
+    assert response.json()["error"]["code"] == "method_not_allowed"
+
+
 # -- disconnects --------------------------------------------------------------------------
 
 def test_stream_disconnect_aborts_and_service_keeps_serving(service, base_url, client):

@@ -67,6 +67,37 @@ def test_bad_schemas_are_400_naming_the_part(schema, param, code):
     assert ".cc:" not in excinfo.value.message  # no internal source paths
 
 
+CYCLE_DEFS = {"a": {"$ref": "#/$defs/a"}}
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "object", "properties": {"a": {"$ref": "#/$defs/a"}}, "required": ["a"],
+         "$defs": CYCLE_DEFS},
+        {"$defs": {"node": {"type": "object", "properties": {"next": {"$ref": "#/$defs/node"}},
+                            "required": ["next"]}}, "$ref": "#/$defs/node"},
+        {"type": "array", "items": {"$ref": "#"}, "minItems": 1},
+    ],
+)
+def test_schemas_without_a_finite_value_are_400(schema):
+    with pytest.raises(APIError) as excinfo:
+        build_constraint(schema_format(schema), None)
+    assert excinfo.value.status == 400
+    assert "no finite JSON value" in excinfo.value.message
+
+
+def test_optional_recursion_is_allowed():
+    tree = {"$defs": {"node": {"type": "object", "additionalProperties": False,
+                               "properties": {"v": {"type": "integer"},
+                                              "children": {"type": "array",
+                                                           "items": {"$ref": "#/$defs/node"}}},
+                               "required": ["v"]}},
+            "$ref": "#/$defs/node"}
+    constraint = build_constraint(schema_format(tree), None)
+    assert constraint.validate('{"v":1,"children":[{"v":2}]}') is None
+
+
 def test_choice_regex_grammar_extensions():
     choice = build_constraint(None, StructuredOutputs(choice=["yes", "no"]))
     assert choice.validate("yes") is None and choice.validate("maybe") is not None

@@ -220,6 +220,9 @@ def test_schema_reaches_the_prompt(http):
          "response_format.json_schema.schema.properties.a.not"),
         ({"response_format": _schema_format("bad", {"$ref": "#/$defs/nowhere"})},
          "response_format.json_schema.schema"),
+        ({"response_format": _schema_format("loop", {
+            "type": "object", "properties": {"a": {"$ref": "#/$defs/a"}}, "required": ["a"],
+            "$defs": {"a": {"$ref": "#/$defs/a"}}})}, "response_format.json_schema.schema"),
         ({"response_format": {"type": "json_schema"}}, "response_format"),
         ({"response_format": {"type": "xml"}}, "response_format"),
         ({"structured_outputs": {"regex": "a", "choice": ["a"]}}, "structured_outputs"),

@@ -147,8 +147,8 @@ def check_json_schema(schema: dict[str, Any], param: str) -> Any:
                        param=param, code="unsupported_json_schema") from None
     if not _admits_finite_value(schema, schema, frozenset()):
         raise APIError(
-            f"{param}: the schema admits no finite JSON value (a $ref cycle that every "
-            "value must follow, e.g. through a required property).", param=param,
+            f"{param}: the schema admits no finite JSON value (e.g. a $ref cycle through a "
+            "required property, or a required property that is not allowed).", param=param,
             code="invalid_json_schema",
         )
     return validator_cls(schema, format_checker=validator_cls.FORMAT_CHECKER)
@@ -168,8 +168,9 @@ def _resolve(root: dict[str, Any], ref: str) -> Any:
 
 def _admits_finite_value(node: Any, root: dict[str, Any], refs_on_path: frozenset) -> bool:
     """Whether some finite JSON value matches `node`. xgrammar compiles a schema whose
-    every value must recurse forever, and decoding then ends in a truncated answer, so
-    such schemas are refused up front. Optional recursion (trees) is fine."""
+    every value must recurse forever (or that requires a property it also forbids), and
+    decoding then ends in a truncated answer, so such schemas are refused up front.
+    Optional recursion (trees) is fine."""
     if isinstance(node, bool) or not isinstance(node, dict):
         return node is not False
     ref = node.get("$ref")
@@ -185,8 +186,9 @@ def _admits_finite_value(node: Any, root: dict[str, Any], refs_on_path: frozense
         ):
             return False
     properties = node.get("properties") if isinstance(node.get("properties"), dict) else {}
+    extra = node.get("additionalProperties", True)  # the schema of required names not listed
     for name in node.get("required") or []:
-        if name in properties and not _admits_finite_value(properties[name], root, refs_on_path):
+        if not _admits_finite_value(properties.get(name, extra), root, refs_on_path):
             return False
     if (node.get("minItems") or 0) > 0:
         prefix = node.get("prefixItems") or []

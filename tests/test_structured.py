@@ -78,6 +78,7 @@ CYCLE_DEFS = {"a": {"$ref": "#/$defs/a"}}
         {"$defs": {"node": {"type": "object", "properties": {"next": {"$ref": "#/$defs/node"}},
                             "required": ["next"]}}, "$ref": "#/$defs/node"},
         {"type": "array", "items": {"$ref": "#"}, "minItems": 1},
+        {"type": "object", "required": ["x"], "additionalProperties": False},
     ],
 )
 def test_schemas_without_a_finite_value_are_400(schema):

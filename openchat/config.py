@@ -101,6 +101,80 @@ class LimitSettings(BaseModel):
     max_messages: int = Field(1024, ge=1)
 
 
+class QueryParameter(BaseModel):
+    """One bound parameter of a named query; becomes a property of the tool's schema."""
+
+    model_config = {"extra": "forbid"}
+
+    type: Literal["string", "integer", "number", "boolean"] = "string"
+    description: str = ""
+    enum: list[str | int | float] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    required: bool = True
+    default: str | int | float | bool | None = Field(None, description="Bound when the "
+                                                      "model leaves an optional one out.")
+
+
+class NamedQuery(BaseModel):
+    """A parameterised, read-only SQL statement exposed to the model as its own tool."""
+
+    model_config = {"extra": "forbid"}
+
+    description: str
+    sql: str = Field(description="One SELECT with :name placeholders for the parameters.")
+    parameters: dict[str, QueryParameter] = {}
+
+
+class SQLSettings(BaseModel):
+    """The SQL data source behind the sql_* tools (any SQLAlchemy URL)."""
+
+    model_config = {"extra": "forbid"}
+
+    url: str = Field("sqlite:///data/openchat.db", description="Where the data lives; a "
+                     "relative SQLite path is relative to the working directory.")
+    read_only_url: str | None = Field(None, description="PostgreSQL: a role that may only "
+                                      "SELECT, used by the tools; default: `url`.")
+    sample_data: bool = Field(True, description="Create and fill the sample tables when "
+                              "the database has none.")
+    max_rows: int = Field(200, ge=1)
+    statement_timeout_s: float = Field(5, gt=0)
+    named_queries: dict[str, NamedQuery] = {}
+
+
+class DocumentSettings(BaseModel):
+    """The Chroma vector store behind search_documents and the document endpoints."""
+
+    model_config = {"extra": "forbid"}
+
+    path: str = Field("data/chroma", description="Embedded persistent Chroma directory.")
+    url: str | None = Field(None, description="A Chroma server (http://host:port) instead.")
+    default_collection: str = "docs"
+    chunk_size: int = Field(1000, ge=100, description="Characters per chunk.")
+    chunk_overlap: int = Field(150, ge=0)
+    max_top_k: int = Field(20, ge=1)
+
+
+class EmbeddingSettings(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    model_id: str = Field("all-minilm-l6-v2", description="The id /v1/embeddings serves.")
+    max_inputs: int = Field(256, ge=1, description="Inputs per /v1/embeddings request.")
+
+
+class ToolSettings(BaseModel):
+    """The server-side tool loop (generate -> run tools -> generate ...)."""
+
+    model_config = {"extra": "forbid"}
+
+    enabled: bool = True
+    max_steps: int = Field(4, ge=1, description="Generations per request, the last one "
+                           "without tools.")
+    timeout_s: float = Field(10, gt=0, description="Per tool call.")
+    max_result_bytes: int = Field(8192, ge=256, description="A result longer than this is "
+                                  "cut before it reaches the model.")
+
+
 def _default_presets() -> dict[str, Preset]:
     return {
         "general": Preset(model_id="openchat-3.5", description="General chat."),
@@ -130,6 +204,10 @@ class Settings(BaseSettings):
     engine: EngineSettings = EngineSettings()
     service: ServiceSettings = ServiceSettings()
     limits: LimitSettings = LimitSettings()
+    sql: SQLSettings = SQLSettings()
+    documents: DocumentSettings = DocumentSettings()
+    embeddings: EmbeddingSettings = EmbeddingSettings()
+    tools: ToolSettings = ToolSettings()
     default_preset: str = "general"
     presets: dict[str, Preset] = Field(default_factory=_default_presets)
 

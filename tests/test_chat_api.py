@@ -285,9 +285,10 @@ def test_stream_disconnect_aborts_and_service_keeps_serving(service, base_url, c
 
 def test_non_stream_disconnect_aborts(service, base_url, client):
     before = service.log().count("aborted: the client went away")
-    body = {"model": MODEL, "messages": HI, "max_tokens": 6000, "ignore_eos": True}
+    # 8000 tokens take several seconds even on a fast CPU; the client leaves after 0.5 s.
+    body = {"model": MODEL, "messages": HI, "max_tokens": 8000, "ignore_eos": True}
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=2)
+        httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=0.5)
     _wait_for_log(service, "aborted: the client went away", count=before + 1)
     assert client.chat.completions.create(model=MODEL, messages=HI, max_tokens=2).usage
 

@@ -16,6 +16,7 @@ from typing import Any
 import bentoml
 from pydantic import BaseModel, Field, ValidationError
 
+from openchat.ask import AskResult
 from openchat.config import Condition, get_settings
 from openchat.errors import APIError
 from openchat.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest
@@ -90,6 +91,7 @@ class OpenChat:
         from openchat.engine import Engine, ModelNotFoundError
         from openchat.prompt import OpenChatTemplate, OpenChatTokenizer, find_tokenizer_model
         from openchat.serving import OpenChatServer
+        from tools import DataSources
 
         _configure_logging()
         try:
@@ -98,7 +100,10 @@ class OpenChat:
             logger.critical("cannot start: %s", exc)
             _stop_whole_server()
         tokenizer = OpenChatTokenizer(find_tokenizer_model(SETTINGS.tokenizer or SETTINGS.model))
-        self.server = OpenChatServer(SETTINGS, self.engine, OpenChatTemplate(tokenizer))
+        sources = DataSources.open(SETTINGS)
+        self.sources = sources
+        self.server = OpenChatServer(SETTINGS, self.engine, OpenChatTemplate(tokenizer),
+                                     sources.registry, sources.documents, sources.embedder)
         _server = self.server
         logger.info("serving %s as %s", SETTINGS.model,
                     ", ".join(p.model_id for p in SETTINGS.presets.values()))
@@ -114,6 +119,7 @@ class OpenChat:
         global _server
         _server = None
         self.engine.shutdown()
+        self.sources.close()
 
     @bentoml.api
     async def chat(
@@ -176,6 +182,26 @@ class OpenChat:
                 f"The answer was cut off at max_tokens={max_tokens} before the object was "
                 "complete; raise max_tokens.", code="max_tokens_reached"))
         return json.loads(choice.message.content)
+
+    @bentoml.api
+    async def ask(
+        self,
+        question: str = Field(min_length=1, max_length=8192),
+        collection: str = SETTINGS.documents.default_collection,
+        top_k: int = Field(5, ge=1),
+        model: str = SETTINGS.served_model_name,
+        max_tokens: int | None = Field(512, ge=1),
+        seed: int | None = None,
+    ) -> AskResult:
+        """Answer `question` from the `top_k` most relevant chunks of `collection`, with
+        citations (document id, source, text, score) in the order the answer numbers them."""
+        from openchat.ask import ask
+
+        try:
+            return await ask(self.server, question, collection, top_k, model=model,
+                             max_tokens=max_tokens, seed=seed)
+        except (APIError, ValidationError) as error:
+            raise _bentoml_error(error) from None
 
     @bentoml.api
     async def generate(

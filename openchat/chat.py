@@ -8,15 +8,27 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from openchat import responses
 from openchat.answer import Answer
-from openchat.functions import check_no_tool_conflicts, plan_tools
+from openchat.functions import ToolPlan, check_no_tool_conflicts, plan_tools
 from openchat.protocol import ChatCompletionRequest
+from openchat.structured import Constraint
 
 
-async def chat_completion(server, request: ChatCompletionRequest):
-    """A ChatCompletion, or an async iterator of chunk dicts when streaming."""
+@dataclass
+class PreparedChat:
+    """Everything one generation needs, decided before the engine sees it."""
+
+    prompt_ids: list[int]
+    params: object  # vllm SamplingParams
+    plan: ToolPlan | None
+    constraint: Constraint | None
+
+
+def prepare(server, request: ChatCompletionRequest) -> PreparedChat:
+    """Validate and build one generation: preset, tools or schema, prompt, sampling."""
     from vllm.sampling_params import StructuredOutputsParams
 
     preset = server.preset(request.model)
@@ -37,7 +49,15 @@ async def chat_completion(server, request: ChatCompletionRequest):
         structured=structured,
     )
     server.check_engine()
-    request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    return PreparedChat(prompt_ids, params, plan, constraint)
+
+
+async def chat_completion(server, request: ChatCompletionRequest):
+    """A ChatCompletion, or an async iterator of chunk dicts when streaming."""
+    prepared = prepare(server, request)
+    prompt_ids, params = prepared.prompt_ids, prepared.params
+    plan, constraint = prepared.plan, prepared.constraint
+    request_id = new_request_id()
     if request.stream:
         return _stream(server, request, request_id, prompt_ids, params, plan, constraint)
     states = await server.collect(prompt_ids, params, request_id, request.n)
@@ -50,6 +70,10 @@ async def chat_completion(server, request: ChatCompletionRequest):
         request_id, request.model, states, len(prompt_ids),
         request.logprobs_count(), server.tokenizer.decode,
     )
+
+
+def new_request_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
 
 
 async def _stream(server, request, request_id, prompt_ids, params, plan,
@@ -72,18 +96,18 @@ async def _stream(server, request, request_id, prompt_ids, params, plan,
             events = answer.feed(choice.text)
             if logprobs is not None and not any(e[0] == "text" for e in events):
                 events.insert(0, ("text", ""))
-            for chunk in _chunks(chunker, choice.index, events, logprobs):
+            for chunk in chunks_for(chunker, choice.index, events, logprobs):
                 yield chunk
             if choice.finish_reason is not None:
                 reason = answer.finish(choice.finish_reason)
-                for chunk in _chunks(chunker, choice.index, answer.tail, None):
+                for chunk in chunks_for(chunker, choice.index, answer.tail, None):
                     yield chunk
                 yield chunker.finish(choice.index, reason)
     if request.include_usage_in_stream:
         yield chunker.usage(len(prompt_ids), completion_tokens)
 
 
-def _chunks(chunker, index: int, events: list, logprobs):
+def chunks_for(chunker, index: int, events: list, logprobs):
     for event in events:
         if event[0] == "text":
             yield chunker.content(index, event[1], logprobs)

@@ -162,6 +162,11 @@ class ChatCompletionRequest(SamplingRequest):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    # Extension: tools the service runs itself (toolloop.py; GET /v1/server_tools).
+    server_tools: list[str] | None = Field(None, max_length=64, description="Names of "
+                                           "server-side tools the model may call.")
+    max_tool_steps: int | None = Field(None, ge=2, description="Generations at most, the "
+                                       "last without server tools; default: configured.")
 
     @model_validator(mode="after")
     def _top_logprobs_need_logprobs(self):

@@ -218,6 +218,11 @@ class ChatChunker:
     def usage(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
         return self._chunk([], usage=usage(prompt_tokens, completion_tokens))
 
+    def server_tool_call(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """Progress of a server-side tool (an extension): a chunk with no choices, like
+        the usage chunk, so OpenAI clients pass it by."""
+        return self._chunk([], server_tool_call=entry)
+
 
 # -- legacy completions -------------------------------------------------------------------
 

@@ -17,7 +17,9 @@ from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Match
 
+from openchat.embeddings import EmbeddingRequest, create_embeddings
 from openchat.errors import APIError, error_body, install_error_handlers
+from openchat.library import add_library_routes
 from openchat.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -25,6 +27,8 @@ from openchat.protocol import (
     TokenizeRequest,
 )
 from openchat.responses import as_json
+from openchat.security import DOCUMENTS_WRITE_SCOPE, caller_scopes, has_scope, require_scope
+from tools.registry import DOCUMENTS_SCOPE
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +109,12 @@ async def _respond(request: Request, work: Awaitable[Any]) -> Response:
     return JSONResponse(as_json(result))
 
 
+def _documents(server):
+    if server.documents is None:
+        raise APIError("No document store is configured.", status=503, code="unavailable")
+    return server.documents
+
+
 def create_app(get_server: Callable[[], Any]) -> FastAPI:
     """The OpenAI app; `get_server` returns the live OpenChatServer once it has started."""
     app = FastAPI(title="OpenChat-3.5 OpenAI-compatible API", docs_url=None, redoc_url=None)
@@ -127,11 +137,27 @@ def create_app(get_server: Callable[[], Any]) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        return await _respond(request, server().chat(body))
+        scopes = caller_scopes(request)
+        return await _respond(request, server().chat(
+            body, allowed=lambda tool: has_scope(scopes, tool.scope)))
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
         return await _respond(request, server().complete(body))
+
+    @app.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest) -> dict:
+        srv = server()
+        if srv.embedder is None:
+            raise APIError("No embedding model is loaded.", status=503, code="unavailable")
+        return await create_embeddings(srv.embedder, srv.settings.embeddings, body)
+
+    add_library_routes(app, lambda: _documents(server()), require_scope(DOCUMENTS_SCOPE),
+                       require_scope(DOCUMENTS_WRITE_SCOPE))
+
+    @app.get("/v1/server_tools")
+    async def list_server_tools() -> dict:
+        return {"object": "list", "data": server().server_tools()}
 
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest) -> dict:

@@ -26,13 +26,19 @@ from openchat.protocol import (
     TokenizeRequest,
 )
 from openchat.structured import Constraint, build_constraint
+from openchat.toolloop import chat_with_server_tools, check_request
+from tools.registry import Registry
 
 
 class OpenChatServer:
-    def __init__(self, settings: Settings, engine, template: OpenChatTemplate):
+    def __init__(self, settings: Settings, engine, template: OpenChatTemplate,
+                 tools: Registry | None = None, documents=None, embedder=None):
         self.settings = settings
         self.engine = engine
         self.template = template
+        self.tools = tools if tools is not None else Registry()
+        self.documents = documents  # tools.documents.DocumentStore, for ask and /v1/collections
+        self.embedder = embedder  # tools.embeddings.Embedder, for /v1/embeddings
         self.tokenizer = template.tokenizer
         self.max_model_len = engine.max_model_len
 
@@ -123,8 +129,12 @@ class OpenChatServer:
                 states[choice.index].add(choice)
         return states
 
-    async def chat(self, request: ChatCompletionRequest):
-        """A ChatCompletion, or an async iterator of chunk dicts when streaming."""
+    async def chat(self, request: ChatCompletionRequest, allowed=None):
+        """A ChatCompletion, or an async iterator of chunk dicts when streaming.
+        `allowed(tool)` says whether the caller may use a server tool (default: all)."""
+        if request.server_tools is not None:
+            tools = check_request(self, request, allowed)
+            return await chat_with_server_tools(self, request, tools)
         return await chat_completion(self, request)
 
     async def complete(self, request: CompletionRequest):
@@ -132,6 +142,9 @@ class OpenChatServer:
         return await text_completion(self, request)
 
     # -- models and tokens --------------------------------------------------------------
+
+    def server_tools(self) -> list[dict[str, Any]]:
+        return [{**t.definition(), "scope": t.scope} for t in self.tools]
 
     def models(self) -> list[dict[str, Any]]:
         return [self.model_card(p) for p in self.settings.presets.values()]

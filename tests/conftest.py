@@ -85,6 +85,7 @@ def service_env(**overrides: str) -> dict[str, str]:
         OPENCHAT_MODEL=str(DEV_MODEL),
         OPENCHAT_ENGINE__CPU_KV_CACHE_GIB="1",
         HF_HUB_OFFLINE="1",
+        ANONYMIZED_TELEMETRY="False",
         BENTOML_DO_NOT_TRACK="true",
         PYTHONUNBUFFERED="1",
     )
@@ -96,7 +97,10 @@ def service_env(**overrides: str) -> dict[str, str]:
 def service(tmp_path_factory) -> RunningService:
     if not (DEV_MODEL / "config.json").exists():
         pytest.fail(f"dev model missing at {DEV_MODEL}: run `make install` (or make dev-model)")
-    running = RunningService(service_env(), tmp_path_factory.mktemp("service") / "serve.log")
+    data = tmp_path_factory.mktemp("service")
+    env = service_env(OPENCHAT_SQL__URL=f"sqlite:///{data / 'shop.db'}",
+                      OPENCHAT_DOCUMENTS__PATH=str(data / "chroma"))
+    running = RunningService(env, data / "serve.log")
     try:
         running.wait_ready()
     except Exception:

@@ -1,0 +1,90 @@
+"""HTTP routes for the document store: collections, documents, search (an extension).
+
+    GET    /v1/collections                               collection names
+    GET    /v1/collections/{collection}/documents        documents and their chunk counts
+    POST   /v1/collections/{collection}/documents        add or replace one document
+    DELETE /v1/collections/{collection}/documents/{id}   remove one document
+    POST   /v1/collections/{collection}/search           the chunks nearest a query
+
+Chroma's client is synchronous, so every call runs in a worker thread; its ValueErrors
+(bad collection name, empty text, unknown collection) are the client's 400s and 404s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI
+from pydantic import Field
+from starlette.responses import JSONResponse
+
+from openchat.errors import APIError
+from openchat.protocol import _Strict
+
+MAX_DOCUMENT_CHARS = 2_000_000
+
+
+class DocumentIn(_Strict):
+    source: str = Field(min_length=1, max_length=1024, description="A stable name for the "
+                        "document (file name, URL); re-sending it replaces the document.")
+    text: str = Field(min_length=1, max_length=MAX_DOCUMENT_CHARS)
+    format: Literal["text", "markdown", "html"] = "text"
+
+
+class SearchIn(_Strict):
+    query: str = Field(min_length=1, max_length=8192)
+    top_k: int = Field(5, ge=1)
+
+
+async def _call(function: Callable, *args) -> Any:
+    try:
+        return await asyncio.to_thread(function, *args)
+    except LookupError as exc:
+        raise APIError(str(exc), status=404, code="not_found") from None
+    except ValueError as exc:
+        raise APIError(str(exc), code="invalid_value") from None
+
+
+def add_library_routes(app: FastAPI, store: Callable[[], Any],
+                       can_read: Callable, can_write: Callable) -> None:
+    """`store()` returns the DocumentStore; `can_read`/`can_write` are FastAPI dependencies
+    that refuse callers without the documents scopes."""
+
+    @app.get("/v1/collections", dependencies=[Depends(can_read)])
+    async def list_collections() -> dict:
+        names = await _call(store().collections)
+        return {"object": "list", "data": [{"object": "collection", "name": n}
+                                           for n in sorted(names)]}
+
+    @app.get("/v1/collections/{collection}/documents", dependencies=[Depends(can_read)])
+    async def list_documents(collection: str) -> dict:
+        documents = await _call(store().list_documents, collection)
+        return {"object": "list", "data": [{"object": "document", **asdict(d)}
+                                           for d in documents]}
+
+    @app.post("/v1/collections/{collection}/documents", dependencies=[Depends(can_write)])
+    async def add_document(collection: str, body: DocumentIn) -> JSONResponse:
+        result = await _call(store().add_text, collection, body.source, body.text,
+                             body.format)
+        status = 201 if result.status == "added" else 200
+        return JSONResponse({"object": "document", **asdict(result)}, status_code=status)
+
+    @app.delete("/v1/collections/{collection}/documents/{document_id}",
+                dependencies=[Depends(can_write)])
+    async def delete_document(collection: str, document_id: str) -> dict:
+        if not await _call(store().delete_document, collection, document_id):
+            raise APIError(f"No document {document_id!r} in collection {collection!r}.",
+                           status=404, code="not_found")
+        return {"object": "document.deleted", "id": document_id, "deleted": True}
+
+    @app.post("/v1/collections/{collection}/search", dependencies=[Depends(can_read)])
+    async def search(collection: str, body: SearchIn) -> dict:
+        limit = store().settings.max_top_k
+        if body.top_k > limit:
+            raise APIError(f"top_k must be at most {limit}.", param="top_k",
+                           code="invalid_value")
+        hits = await _call(store().search, collection, body.query, body.top_k)
+        return {"object": "list", "data": [asdict(h) for h in hits]}

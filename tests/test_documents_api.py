@@ -1,0 +1,143 @@
+"""End-to-end: /v1/embeddings, the document endpoints and the typed `ask` API."""
+
+from __future__ import annotations
+
+import math
+import uuid
+
+import bentoml
+import pytest
+
+pytestmark = pytest.mark.e2e
+EMBEDDING_MODEL = "all-minilm-l6-v2"
+DOCS = {
+    "returns.md": "# Hardware returns\nLaptops and monitors can be sent back within 30 days "
+                  "of delivery for a full refund, in the original packaging.",
+    "billing.md": "# Subscription billing\nAnnual plans renew automatically; cancel before "
+                  "the renewal date and no further charge is made.",
+    "office.txt": "The Lisbon office opens at 8:30 and closes at 18:00 on weekdays; the "
+                  "front desk is closed on public holidays.",
+    "router.html": "<html><head><title>Router reset</title></head><body><p>Hold the reset "
+                   "button on the back of the router for ten seconds to restore factory "
+                   "settings.</p><script>track()</script></body></html>",
+}
+
+
+def _cosine(a, b) -> float:
+    dot = sum(x * y for x, y in zip(a, b))
+    return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+
+
+@pytest.fixture(scope="module")
+def collection(http) -> str:
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    for source, text in DOCS.items():
+        fmt = {"md": "markdown", "txt": "text", "html": "html"}[source.rsplit(".", 1)[1]]
+        response = http.post(f"/v1/collections/{name}/documents",
+                             json={"source": source, "text": text, "format": fmt})
+        assert response.status_code == 201, response.text
+    return name
+
+
+# -- /v1/embeddings ------------------------------------------------------------------------
+
+def test_embeddings_through_the_openai_client(client):
+    # The client asks for base64 by default and decodes it; both encodings must agree.
+    texts = ["How do I get my money back for a laptop?", "Refunds for returned computers",
+             "What time does the office open?"]
+    packed = client.embeddings.create(model=EMBEDDING_MODEL, input=texts)
+    plain = client.embeddings.create(model=EMBEDDING_MODEL, input=texts,
+                                     encoding_format="float")
+    vectors = [d.embedding for d in packed.data]
+    assert [d.index for d in packed.data] == [0, 1, 2] and len(vectors[0]) == 384
+    assert all(abs(a - b) < 1e-6 for a, b in zip(vectors[0], plain.data[0].embedding))
+    assert _cosine(vectors[0], vectors[1]) > _cosine(vectors[0], vectors[2]) + 0.2
+    assert packed.usage.prompt_tokens == packed.usage.total_tokens > len(texts)
+    assert packed.model == EMBEDDING_MODEL
+
+
+@pytest.mark.parametrize("body, status, param", [
+    ({"model": "text-embedding-3-small", "input": "hi"}, 404, "model"),
+    ({"model": EMBEDDING_MODEL, "input": ""}, 400, "input"),
+    ({"model": EMBEDDING_MODEL, "input": []}, 400, "input"),
+    ({"model": EMBEDDING_MODEL, "input": [1, 2, 3]}, 400, "input"),
+    ({"model": EMBEDDING_MODEL, "input": "word " * 2000}, 400, "input"),
+    ({"model": EMBEDDING_MODEL, "input": "hi", "dimensions": 128}, 400, "dimensions"),
+    ({"model": EMBEDDING_MODEL, "input": "hi", "encoding_format": "int8"}, 400,
+     "encoding_format"),
+])
+def test_bad_embedding_requests(http, body, status, param):
+    response = http.post("/v1/embeddings", json=body)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["param"] == param
+
+
+# -- documents over HTTP -------------------------------------------------------------------
+
+def test_documents_are_listed_and_searchable(http, collection):
+    listed = http.get(f"/v1/collections/{collection}/documents").json()["data"]
+    assert sorted(d["source"] for d in listed) == sorted(DOCS)
+    assert collection in [c["name"] for c in http.get("/v1/collections").json()["data"]]
+    hits = http.post(f"/v1/collections/{collection}/search",
+                     json={"query": "my wifi box needs factory defaults", "top_k": 2}).json()
+    top = hits["data"][0]
+    assert top["source"] == "router.html" and "reset button" in top["text"]
+    assert "track()" not in top["text"]  # scripts are not text
+    assert top["score"] > hits["data"][1]["score"]
+
+
+def test_resending_a_document_does_not_duplicate_it(http, collection):
+    body = {"source": "office.txt", "text": DOCS["office.txt"]}
+    again = http.post(f"/v1/collections/{collection}/documents", json=body)
+    assert again.status_code == 200 and again.json()["status"] == "unchanged"
+    changed = http.post(f"/v1/collections/{collection}/documents",
+                        json={**body, "text": "The Lisbon office now opens at 9:00."})
+    assert changed.json()["status"] == "replaced"
+    listed = http.get(f"/v1/collections/{collection}/documents").json()["data"]
+    assert sum(d["source"] == "office.txt" for d in listed) == 1
+
+
+def test_delete_document(http):
+    name = f"e2e-del-{uuid.uuid4().hex[:6]}"
+    added = http.post(f"/v1/collections/{name}/documents",
+                      json={"source": "note.txt", "text": "Temporary note."}).json()
+    path = f"/v1/collections/{name}/documents/{added['document_id']}"
+    assert http.delete(path).json() == {"object": "document.deleted",
+                                        "id": added["document_id"], "deleted": True}
+    assert http.delete(path).status_code == 404
+    assert http.get(f"/v1/collections/{name}/documents").json()["data"] == []
+
+
+@pytest.mark.parametrize("method, path, body, status", [
+    ("post", "/v1/collections/a/documents", {"source": "x", "text": "y"}, 400),  # name
+    ("post", "/v1/collections/docs-x/documents", {"source": "x", "text": ""}, 400),
+    ("post", "/v1/collections/docs-x/documents", {"source": "x", "text": "y",
+                                                  "format": "pdf"}, 400),
+    ("post", "/v1/collections/no-such-collection/search", {"query": "hi"}, 404),
+    ("post", "/v1/collections/docs-x/search", {"query": "hi", "top_k": 1000}, 400),
+])
+def test_bad_document_requests(http, method, path, body, status):
+    response = getattr(http, method)(path, json=body)
+    assert response.status_code == status, response.text
+    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+# -- the typed ask API ------------------------------------------------------------------
+
+def test_ask_answers_with_citations(base_url, collection):
+    with bentoml.SyncHTTPClient(base_url, timeout=120) as bento:
+        result = bento.ask(question="Can I return a monitor I bought last week?",
+                           collection=collection, top_k=3, max_tokens=16, seed=1)
+    citations = result["citations"]
+    assert [c["number"] for c in citations] == [1, 2, 3]
+    assert citations[0]["source"] == "returns.md"
+    assert citations[0]["score"] >= citations[1]["score"] >= citations[2]["score"]
+    assert {"id", "document_id", "text", "cited"} <= set(citations[0])
+    assert isinstance(result["answer"], str) and result["usage"]["completion_tokens"] <= 16
+
+
+def test_ask_unknown_collection_is_a_client_error(base_url):
+    with bentoml.SyncHTTPClient(base_url, timeout=120) as bento:
+        with pytest.raises(bentoml.exceptions.BentoMLException) as excinfo:
+            bento.ask(question="anything?", collection="no-such-collection")
+    assert excinfo.value.error_code == 404

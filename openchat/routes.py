@@ -79,9 +79,11 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[Any]) -> Any:
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        watcher.cancel()
         if not task.done():
             task.cancel()
-        watcher.cancel()
+            # Let the cancellation land (the engine request is aborted on the way out).
+            await asyncio.wait({task})
     if task.cancelled():
         logger.info("client disconnected from %s; request aborted", request.url.path)
         return None

@@ -166,4 +166,9 @@ def _cut(output: str, max_bytes: int) -> tuple[str, bool]:
     if len(data) <= max_bytes:
         return output, False
     head = data[: max(max_bytes - 64, 0)].decode(errors="ignore")
-    return _to_json({"truncated": True, "partial": head}), True
+    while True:  # escaping can grow the text again: shrink until the JSON fits
+        cut = _to_json({"truncated": True, "partial": head})
+        excess = len(cut.encode()) - max_bytes
+        if excess <= 0 or not head:
+            return cut, True
+        head = head[: max(len(head) - excess, 0)]

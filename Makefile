@@ -21,8 +21,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Serves on port 11402; OPENCHAT_MODEL may name a local checkpoint or a Hugging Face id.
+# Development only: without OPENCHAT_ADMIN_KEY it bootstraps the admin key below.
+DEV_ADMIN_KEY := oc-dev-admin-key-for-local-use-only
 serve:
-	OPENCHAT_MODEL=$${OPENCHAT_MODEL:-$(DEV_MODEL)} $(BIN)/bentoml serve service:OpenChat
+	OPENCHAT_MODEL=$${OPENCHAT_MODEL:-$(DEV_MODEL)} \
+	OPENCHAT_ADMIN_KEY=$${OPENCHAT_ADMIN_KEY:-$(DEV_ADMIN_KEY)} \
+	$(BIN)/bentoml serve service:OpenChat
 
 test:
 	$(BIN)/python -m pytest

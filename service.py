@@ -16,9 +16,11 @@ from typing import Any
 import bentoml
 from pydantic import BaseModel, Field, ValidationError
 
+from openchat import logs
 from openchat.ask import AskResult
 from openchat.config import Condition, get_settings
 from openchat.errors import APIError
+from openchat.middleware import AccessMiddleware
 from openchat.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest
 from openchat.routes import create_app
 
@@ -55,15 +57,6 @@ def _bentoml_error(error: APIError | ValidationError) -> Exception:
     return by_status.get(error.status, exceptions.InternalServerError)(error.message)
 
 
-def _configure_logging() -> None:
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(os.environ.get("OPENCHAT_LOG_LEVEL", "INFO"))
-    logger.propagate = False
-
-
 def _stop_whole_server() -> None:
     """A missing model is a configuration error: stop the whole server, without a stack
     trace and without BentoML's process manager respawning this worker in a loop."""
@@ -93,7 +86,7 @@ class OpenChat:
         from openchat.serving import OpenChatServer
         from tools import DataSources
 
-        _configure_logging()
+        logs.configure(os.environ.get("OPENCHAT_LOG_LEVEL", "INFO"))
         try:
             self.engine = Engine(SETTINGS)
         except ModelNotFoundError as exc:
@@ -226,3 +219,8 @@ class OpenChat:
             for choice in chunk["choices"]:
                 if choice.get("text"):
                     yield choice["text"]
+
+
+# Keys, scopes, rate limits, body limit, request ids and the audit log for every route:
+# the OpenAI app, the typed APIs, the probes and /metrics (openchat/middleware.py).
+OpenChat.add_asgi_middleware(AccessMiddleware, settings=SETTINGS)

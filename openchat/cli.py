@@ -1,5 +1,6 @@
 """`openchat` command line: `openchat dev-model [DIR]`, `openchat ingest PATH...`,
-`openchat documents list|delete|search` (more subcommands join as features land)."""
+`openchat documents list|delete|search`, `openchat keys create|list|revoke`
+(more subcommands join as features land)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import argparse
 import functools
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 DEFAULT_DEV_MODEL_DIR = Path(".models/openchat-dev")
@@ -127,6 +129,81 @@ def _documents_search(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextmanager
+def _key_store() -> Iterator:
+    """The key store the service uses (auth.keys_url from configuration.yaml and env)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from openchat.config import get_settings
+    from openchat.keys import KeyStore
+
+    store = None
+    try:
+        store = KeyStore(get_settings().auth.keys_url)
+        yield store
+    except SQLAlchemyError as exc:  # unreachable server, wrong password: one line, no trace
+        raise OSError(f"key database: {getattr(exc, 'orig', None) or exc}") from exc
+    finally:
+        if store is not None:
+            store.dispose()
+
+
+def _limits(key) -> str:
+    """Effective limits; a `*` marks the configured default (the key has none of its own)."""
+    from openchat.config import get_settings
+
+    auth = get_settings().auth
+    return "  ".join(
+        f"{label}={default if own is None else own}{'*' if own is None else ''}"
+        for label, own, default in (("rpm", key.rpm, auth.default_rpm),
+                                    ("tpm", key.tpm, auth.default_tpm),
+                                    ("concurrency", key.max_concurrency,
+                                     auth.default_max_concurrency)))
+
+
+def _when(moment) -> str:
+    return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%MZ")
+
+
+@_reporting
+def _keys_create(args: argparse.Namespace) -> int:
+    with _key_store() as store:
+        key, secret = store.create(args.name, args.scopes.split(","), rpm=args.rpm,
+                                   tpm=args.tpm, max_concurrency=args.concurrency)
+    print(f"secret: {secret}")
+    print("This secret will not be shown again: store it now (only its hash is kept).")
+    print(f"id:     {key.id}\nname:   {key.name}\nscopes: {key.scopes}")
+    print(f"limits: {_limits(key)}  (* = the configured default)")
+    return 0
+
+
+@_reporting
+def _keys_list(args: argparse.Namespace) -> int:
+    with _key_store() as store:
+        keys = store.list(include_revoked=args.all)
+    header = ("ID", "NAME", "PREFIX", "SCOPES", "LIMITS (* = default)", "CREATED", "REVOKED")
+    rows = [header] + [(k.id, k.name, k.prefix + "...", ",".join(k.scopes.split()),
+                        _limits(k), _when(k.created_at), _when(k.revoked_at)) for k in keys]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    if not keys:
+        print("no keys" if args.all else "no live keys (--all shows revoked ones)")
+    return 0
+
+
+@_reporting
+def _keys_revoke(args: argparse.Namespace) -> int:
+    with _key_store() as store:
+        key = store.get(args.key_id)
+        if store.revoke(args.key_id):
+            print(f"revoked {args.key_id} ({key.name})")
+            return 0
+    problem = "is already revoked" if key is not None else "does not exist"
+    print(f"error: key {args.key_id} {problem}", file=sys.stderr)
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="openchat", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -160,6 +237,25 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("query")
     search.add_argument("--top-k", type=int, default=5)
     search.set_defaults(handler=_documents_search)
+
+    keys = commands.add_parser("keys", help="manage API keys (auth.keys_url)")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    create = key_actions.add_parser("create", help="a new key; its secret is shown once")
+    create.add_argument("name", help="a label for people, e.g. the team or app using it")
+    create.add_argument("--scopes", default="inference",
+                        help="comma-separated: inference, tools:sql, tools:documents, "
+                             "documents:write, admin (default: inference)")
+    create.add_argument("--rpm", type=int, help="requests per minute (default: auth.default_rpm)")
+    create.add_argument("--tpm", type=int, help="tokens per minute (default: auth.default_tpm)")
+    create.add_argument("--concurrency", type=int,
+                        help="requests in flight (default: auth.default_max_concurrency)")
+    create.set_defaults(handler=_keys_create)
+    key_list = key_actions.add_parser("list", help="keys without their secrets")
+    key_list.add_argument("--all", action="store_true", help="include revoked keys")
+    key_list.set_defaults(handler=_keys_list)
+    revoke = key_actions.add_parser("revoke", help="revoke a key for good")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(handler=_keys_revoke)
     return parser
 
 

@@ -99,6 +99,9 @@ class LimitSettings(BaseModel):
 
     max_n: int = Field(16, ge=1)
     max_messages: int = Field(1024, ge=1)
+    max_content_chars: int = Field(262_144, ge=1, description="Characters of text in one "
+                                   "request's messages or prompts; refused before "
+                                   "tokenizing, since more can never fit the context.")
 
 
 class QueryParameter(BaseModel):
@@ -175,6 +178,40 @@ class ToolSettings(BaseModel):
                                   "cut before it reaches the model.")
 
 
+class AuthSettings(BaseModel):
+    """API keys (openchat/keys.py), their scopes and per-key limits."""
+
+    model_config = {"extra": "forbid"}
+
+    enabled: bool = True
+    # Kept apart from the SQL tools' database on purpose: the model's read-only SQL must
+    # never see key hashes.
+    keys_url: str = Field("sqlite:///data/keys.db", description="Where API keys are kept "
+                          "(SQLite file or postgresql+psycopg://).")
+    default_rpm: int = Field(60, ge=1, description="Requests per minute, per key.")
+    default_tpm: int = Field(100_000, ge=1, description="Tokens per minute, per key.")
+    default_max_concurrency: int = Field(8, ge=1, description="Requests in flight, per key.")
+    protect_metrics: bool = Field(True, description="/metrics needs the admin scope.")
+    protect_docs: bool = Field(False, description="/docs and the OpenAPI schema need a key "
+                                  "(inference scope).")
+    rate_limit_storage: str = Field("memory://", description="A `limits` storage URI; "
+                                    "only memory:// (per replica) supports the token "
+                                    "refunds TPM needs today.")
+    rate_window_s: int = Field(60, ge=1, le=3600, description="The rate-limit window: "
+                               "default_rpm/default_tpm and each key's rpm/tpm are per "
+                               "window (a minute unless changed).")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Larger request "
+                                "bodies are refused (413).")
+
+    @field_validator("rate_limit_storage")
+    @classmethod
+    def _refundable_storage(cls, uri: str) -> str:
+        if not uri.removeprefix("async+").startswith("memory://"):
+            raise ValueError("only memory:// is supported: token reservations must be "
+                             "refunded, which the shared `limits` stores cannot do yet")
+        return uri
+
+
 def _default_presets() -> dict[str, Preset]:
     return {
         "general": Preset(model_id="openchat-3.5", description="General chat."),
@@ -208,6 +245,7 @@ class Settings(BaseSettings):
     documents: DocumentSettings = DocumentSettings()
     embeddings: EmbeddingSettings = EmbeddingSettings()
     tools: ToolSettings = ToolSettings()
+    auth: AuthSettings = AuthSettings()
     default_preset: str = "general"
     presets: dict[str, Preset] = Field(default_factory=_default_presets)
 

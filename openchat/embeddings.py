@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from openchat import usage
 from openchat.errors import APIError, invalid_param, model_not_found
 from openchat.protocol import _Strict
 
@@ -57,6 +58,7 @@ async def create_embeddings(embedder, settings, request: EmbeddingRequest) -> di
                            f"{embedder.max_tokens}. Split the text into smaller pieces.",
                            param="input", code="context_length_exceeded")
     vectors = await asyncio.to_thread(embedder.embed, texts)
+    usage.add_prompt(sum(counts))
     return {
         "object": "list",
         "data": [{"object": "embedding", "index": i,

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from openchat import usage
 from openchat.config import EngineSettings, Settings
 
 logger = logging.getLogger(__name__)
@@ -148,8 +149,10 @@ class Engine:
         from vllm.inputs import tokens_input
 
         stream = self._llm.generate(tokens_input(prompt_ids), params, request_id)
+        usage.add_prompt(len(prompt_ids))
         try:
             async for output in stream:
+                usage.add_completion(sum(len(o.token_ids) for o in output.outputs))
                 yield output
         except (asyncio.CancelledError, GeneratorExit):
             logger.info("request %s aborted: the client went away", request_id)

@@ -39,12 +39,14 @@ class APIError(Exception):
         param: str | None = None,
         code: str | None = None,
         type: str | None = None,
+        headers: dict[str, str] | None = None,
     ):
         super().__init__(message)
         self.message = message
         self.status = status
         self.param = param
         self.code = code
+        self.headers = headers or {}  # e.g. Retry-After and x-ratelimit-* on a 429
         self.type = type or _TYPE_BY_STATUS.get(status, "server_error")
 
     def body(self) -> dict[str, Any]:
@@ -58,7 +60,7 @@ def error_body(
 
 
 def error_response(error: APIError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status)
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers or None)
 
 
 def invalid_param(param: str, message: str, code: str = "invalid_value") -> APIError:

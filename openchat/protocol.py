@@ -19,8 +19,36 @@ MAX_STOP_SEQUENCES = 4
 INT64 = 2**63
 
 
+MAX_JSON_DEPTH = 64
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion (deep input must not crash us)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            items = item.values()
+        elif isinstance(item, list):
+            items = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_JSON_DEPTH:
+            break
+        stack.extend((child, depth + 1) for child in items)
+    return deepest
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_too_deep(cls, data: Any) -> Any:
+        if isinstance(data, dict) and json_depth(data) > MAX_JSON_DEPTH:
+            raise ValueError(f"the request nests JSON deeper than {MAX_JSON_DEPTH} levels")
+        return data
 
 
 class StreamOptions(_Strict):

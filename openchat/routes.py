@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Match
 
+from openchat.admin import add_admin_routes
 from openchat.embeddings import EmbeddingRequest, create_embeddings
 from openchat.errors import APIError, error_body, install_error_handlers
 from openchat.library import add_library_routes
@@ -111,6 +112,14 @@ async def _respond(request: Request, work: Awaitable[Any]) -> Response:
     return JSONResponse(as_json(result))
 
 
+def _key_store():
+    from openchat.config import get_settings
+    from openchat.keys import open_store
+
+    auth = get_settings().auth
+    return open_store(auth.keys_url) if auth.enabled else None
+
+
 def _documents(server):
     if server.documents is None:
         raise APIError("No document store is configured.", status=503, code="unavailable")
@@ -156,6 +165,8 @@ def create_app(get_server: Callable[[], Any]) -> FastAPI:
 
     add_library_routes(app, lambda: _documents(server()), require_scope(DOCUMENTS_SCOPE),
                        require_scope(DOCUMENTS_WRITE_SCOPE))
+
+    add_admin_routes(app, _key_store)
 
     @app.get("/v1/server_tools")
     async def list_server_tools() -> dict:

@@ -85,11 +85,19 @@ class OpenChatServer:
             raise invalid_param("messages", f"At most {self.settings.limits.max_messages} "
                                 "messages are allowed.")
         turns = messages_to_turns(messages)
+        self.check_content_size(sum(len(t.content) for t in turns), "messages")
         if preset.system_prompt and not any(t.role == "system" for t in turns):
             turns.insert(0, Turn(role="system", content=preset.system_prompt))
         if instruction:
             turns.append(Turn(role="system", content=instruction))
         return self.template.render_chat(turns, condition or preset.condition)
+
+    def check_content_size(self, chars: int, param: str) -> None:
+        limit = self.settings.limits.max_content_chars
+        if chars > limit:
+            raise APIError(f"The request holds {chars} characters of text; at most {limit} "
+                           "are accepted (far more than the model's context).",
+                           param=param, code="context_length_exceeded")
 
     def constraint(self, request: SamplingRequest) -> Constraint | None:
         constraint = build_constraint(request.response_format, request.structured_outputs)
@@ -109,6 +117,7 @@ class OpenChatServer:
             raise invalid_param("prompt", "prompt must not be empty.")
         if all(isinstance(p, int) for p in prompt):
             prompt = [prompt]
+        self.check_content_size(sum(len(p) for p in prompt if isinstance(p, str)), "prompt")
         prompts = []
         for p in prompt:
             if isinstance(p, str):

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DEV_MODEL = Path(os.environ.get("OPENCHAT_TEST_MODEL", ROOT / ".models" / "openchat-dev"))
 BENTOML = Path(sys.executable).parent / "bentoml"
 STARTUP_SECONDS = 420
+# The bootstrap admin key (OPENCHAT_ADMIN_KEY) of every test service; clients send it.
+ADMIN_KEY = "oc-test-admin-0123456789abcdefghij"
+AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 # OpenChat's reference ids for one user turn "Hi" (BOS, "GPT4 Correct User:", "Hi",
 # <|end_of_turn|>, "GPT4 Correct Assistant:"), from the model authors' template.
@@ -80,9 +84,20 @@ class RunningService:
 
 
 def service_env(**overrides: str) -> dict[str, str]:
+    """Environment for a test service: dev model, its own data directory, the test admin
+    key, and limits high enough that only the rate-limit tests meet them."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCHAT_")}
+    data = Path(tempfile.mkdtemp(prefix="openchat-test-"))
     env.update(
         OPENCHAT_MODEL=str(DEV_MODEL),
+        OPENCHAT_SQL__URL=f"sqlite:///{data / 'shop.db'}",
+        OPENCHAT_DOCUMENTS__PATH=str(data / "chroma"),
+        OPENCHAT_AUTH__KEYS_URL=f"sqlite:///{data / 'keys.db'}",
+        OPENCHAT_ADMIN_KEY=ADMIN_KEY,
+        OPENCHAT_AUTH__DEFAULT_RPM="100000",
+        OPENCHAT_AUTH__DEFAULT_TPM="100000000",
+        OPENCHAT_AUTH__DEFAULT_MAX_CONCURRENCY="256",
+        OPENCHAT_AUTH__RATE_WINDOW_S="3",  # so the rate-limit tests see a window pass
         OPENCHAT_ENGINE__CPU_KV_CACHE_GIB="1",
         HF_HUB_OFFLINE="1",
         ANONYMIZED_TELEMETRY="False",
@@ -97,10 +112,7 @@ def service_env(**overrides: str) -> dict[str, str]:
 def service(tmp_path_factory) -> RunningService:
     if not (DEV_MODEL / "config.json").exists():
         pytest.fail(f"dev model missing at {DEV_MODEL}: run `make install` (or make dev-model)")
-    data = tmp_path_factory.mktemp("service")
-    env = service_env(OPENCHAT_SQL__URL=f"sqlite:///{data / 'shop.db'}",
-                      OPENCHAT_DOCUMENTS__PATH=str(data / "chroma"))
-    running = RunningService(env, data / "serve.log")
+    running = RunningService(service_env(), tmp_path_factory.mktemp("service") / "serve.log")
     try:
         running.wait_ready()
     except Exception:
@@ -119,10 +131,10 @@ def base_url(service: RunningService) -> str:
 def client(base_url: str):
     from openai import OpenAI
 
-    return OpenAI(base_url=f"{base_url}/v1", api_key="not-needed", max_retries=0, timeout=120)
+    return OpenAI(base_url=f"{base_url}/v1", api_key=ADMIN_KEY, max_retries=0, timeout=120)
 
 
 @pytest.fixture(scope="session")
 def http(base_url: str):
-    with httpx.Client(base_url=base_url, timeout=120) as session:
+    with httpx.Client(base_url=base_url, timeout=120, headers=AUTH) as session:
         yield session

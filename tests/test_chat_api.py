@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import REFERENCE_HI_IDS
+from tests.conftest import ADMIN_KEY, AUTH, REFERENCE_HI_IDS
 
 pytestmark = pytest.mark.e2e
 MODEL = "openchat-3.5"
@@ -272,9 +272,10 @@ def test_wrong_method_is_405_in_openai_shape(http):
 # -- disconnects --------------------------------------------------------------------------
 
 def test_stream_disconnect_aborts_and_service_keeps_serving(service, base_url, client):
-    body = {"model": MODEL, "messages": HI, "max_tokens": 4000, "stream": True,
+    # 8000 tokens run for about 40 s here: ample time for the hang-up to land mid-stream.
+    body = {"model": MODEL, "messages": HI, "max_tokens": 8000, "stream": True,
             "ignore_eos": True}
-    with httpx.Client(base_url=base_url, timeout=60) as session:
+    with httpx.Client(base_url=base_url, timeout=60, headers=AUTH) as session:
         with session.stream("POST", "/v1/chat/completions", json=body) as response:
             lines = response.iter_lines()
             received = [next(lines) for _ in range(6)]
@@ -290,7 +291,8 @@ def test_non_stream_disconnect_aborts(service, base_url, client):
     body = json.dumps({"model": MODEL, "messages": HI, "max_tokens": 8000,
                        "ignore_eos": True}).encode()
     head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+            f"Authorization: Bearer {ADMIN_KEY}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
     with socket.create_connection(("127.0.0.1", service.port), timeout=1) as sock:
         sock.sendall(head.encode() + body)
         with pytest.raises(TimeoutError):
@@ -303,7 +305,8 @@ def test_clients_that_hang_up_at_once_are_not_server_errors(service, client):
     # The disconnect can arrive before the answer's task has started: no 500, no trace.
     body = json.dumps({"model": MODEL, "messages": HI, "max_tokens": 50}).encode()
     head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+            f"Authorization: Bearer {ADMIN_KEY}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
     for _ in range(5):
         with socket.create_connection(("127.0.0.1", service.port), timeout=5) as sock:
             sock.sendall(head.encode() + body)

@@ -8,6 +8,8 @@ import uuid
 import bentoml
 import pytest
 
+from tests.conftest import ADMIN_KEY
+
 pytestmark = pytest.mark.e2e
 EMBEDDING_MODEL = "all-minilm-l6-v2"
 DOCS = {
@@ -125,7 +127,7 @@ def test_bad_document_requests(http, method, path, body, status):
 # -- the typed ask API ------------------------------------------------------------------
 
 def test_ask_answers_with_citations(base_url, collection):
-    with bentoml.SyncHTTPClient(base_url, timeout=120) as bento:
+    with bentoml.SyncHTTPClient(base_url, timeout=120, token=ADMIN_KEY) as bento:
         result = bento.ask(question="Can I return a monitor I bought last week?",
                            collection=collection, top_k=3, max_tokens=16, seed=1)
     citations = result["citations"]
@@ -137,7 +139,7 @@ def test_ask_answers_with_citations(base_url, collection):
 
 
 def test_ask_unknown_collection_is_a_client_error(base_url):
-    with bentoml.SyncHTTPClient(base_url, timeout=120) as bento:
+    with bentoml.SyncHTTPClient(base_url, timeout=120, token=ADMIN_KEY) as bento:
         with pytest.raises(bentoml.exceptions.BentoMLException) as excinfo:
             bento.ask(question="anything?", collection="no-such-collection")
     assert excinfo.value.error_code == 404

@@ -83,3 +83,14 @@ def test_tokenize_needs_exactly_one_input():
         TokenizeRequest()
     with pytest.raises(ValidationError):
         TokenizeRequest(prompt="a", messages=HI)
+
+
+def test_json_depth_counts_levels_without_recursion():
+    from openchat.protocol import MAX_JSON_DEPTH, json_depth
+
+    assert json_depth({"a": 1}) == 1
+    assert json_depth({"a": [{"b": []}]}) == 4
+    deep: list = []
+    for _ in range(100_000):  # far past Python's recursion limit
+        deep = [deep]
+    assert json_depth(deep) == MAX_JSON_DEPTH + 1  # stops counting once over the limit

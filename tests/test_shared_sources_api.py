@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.chroma_server import chroma_server
-from tests.conftest import RunningService, service_env
+from tests.conftest import AUTH, RunningService, service_env
 from tests.postgres import running_postgres
 
 pytestmark = pytest.mark.e2e
@@ -26,7 +26,7 @@ def shared(tmp_path_factory):
         service = RunningService(env, data / "serve.log")
         try:
             service.wait_ready()
-            with httpx.Client(base_url=service.url, timeout=120) as http:
+            with httpx.Client(base_url=service.url, timeout=120, headers=AUTH) as http:
                 yield http, pg
         finally:
             service.stop()

@@ -16,6 +16,8 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
+from tests.conftest import ADMIN_KEY
+
 pytestmark = pytest.mark.e2e
 MODEL = "openchat-3.5"
 ASK = [{"role": "user", "content": "Give me the data."}]
@@ -243,7 +245,7 @@ def test_invalid_structured_requests_are_400(http, extra, param):
 def test_typed_extract_returns_validated_object(base_url):
     import bentoml
 
-    with bentoml.SyncHTTPClient(base_url, timeout=120) as bento:
+    with bentoml.SyncHTTPClient(base_url, timeout=120, token=ADMIN_KEY) as bento:
         result = bento.extract(text="Ada lives in Paris, 75001.", json_schema=SCHEMAS["nested"],
                                seed=5)
         jsonschema.validate(result, SCHEMAS["nested"])

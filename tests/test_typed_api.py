@@ -5,12 +5,14 @@ from __future__ import annotations
 import bentoml
 import pytest
 
+from tests.conftest import ADMIN_KEY
+
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def bento(base_url):
-    with bentoml.SyncHTTPClient(base_url, timeout=120) as client:
+    with bentoml.SyncHTTPClient(base_url, timeout=120, token=ADMIN_KEY) as client:
         yield client
 
 

@@ -2,7 +2,8 @@
 
     GET    /v1/collections                               collection names
     GET    /v1/collections/{collection}/documents        documents and their chunk counts
-    POST   /v1/collections/{collection}/documents        add or replace one document
+    POST   /v1/collections/{collection}/documents        add or replace one document (text,
+                                                         markdown, html, or a PDF in base64)
     DELETE /v1/collections/{collection}/documents/{id}   remove one document
     POST   /v1/collections/{collection}/search           the chunks nearest a query
 
@@ -13,16 +14,18 @@ Chroma's client is synchronous, so every call runs in a worker thread; its Value
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI
-from pydantic import Field
+from pydantic import Field, model_validator
 from starlette.responses import JSONResponse
 
 from openchat.errors import APIError
 from openchat.protocol import _Strict
+from tools.readers import read_pdf_bytes
 
 MAX_DOCUMENT_CHARS = 2_000_000
 
@@ -30,8 +33,29 @@ MAX_DOCUMENT_CHARS = 2_000_000
 class DocumentIn(_Strict):
     source: str = Field(min_length=1, max_length=1024, description="A stable name for the "
                         "document (file name, URL); re-sending it replaces the document.")
-    text: str = Field(min_length=1, max_length=MAX_DOCUMENT_CHARS)
-    format: Literal["text", "markdown", "html"] = "text"
+    text: str | None = Field(None, min_length=1, max_length=MAX_DOCUMENT_CHARS)
+    content_base64: str | None = Field(None, min_length=1, description="The file's bytes, "
+                                       "for format pdf.")
+    format: Literal["text", "markdown", "html", "pdf"] = "text"
+
+    @model_validator(mode="after")
+    def _one_content(self):
+        if self.format == "pdf" and (self.content_base64 is None or self.text is not None):
+            raise ValueError("a pdf document comes as content_base64 (and no text)")
+        if self.format != "pdf" and (self.text is None or self.content_base64 is not None):
+            raise ValueError("a text, markdown or html document comes as text")
+        return self
+
+    def plain_text(self) -> tuple[str, str]:
+        """(text, format) for the store; a PDF is read here."""
+        if self.format != "pdf":
+            return self.text, self.format
+        try:
+            data = base64.b64decode(self.content_base64, validate=True)
+        except ValueError:
+            raise APIError("content_base64 is not valid base64.",
+                           param="content_base64") from None
+        return read_pdf_bytes(data, self.source), "text"
 
 
 class SearchIn(_Strict):
@@ -67,8 +91,8 @@ def add_library_routes(app: FastAPI, store: Callable[[], Any],
 
     @app.post("/v1/collections/{collection}/documents", dependencies=[Depends(can_write)])
     async def add_document(collection: str, body: DocumentIn) -> JSONResponse:
-        result = await _call(store().add_text, collection, body.source, body.text,
-                             body.format)
+        text, fmt = await _call(body.plain_text)
+        result = await _call(store().add_text, collection, body.source, text, fmt)
         status = 201 if result.status == "added" else 200
         return JSONResponse({"object": "document", **asdict(result)}, status_code=status)
 

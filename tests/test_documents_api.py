@@ -143,3 +143,29 @@ def test_ask_unknown_collection_is_a_client_error(base_url):
         with pytest.raises(bentoml.exceptions.BentoMLException) as excinfo:
             bento.ask(question="anything?", collection="no-such-collection")
     assert excinfo.value.error_code == 404
+
+
+def test_pdf_documents_upload_as_base64(http):
+    import base64
+
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.set_font("Helvetica", size=12)
+    pdf.multi_cell(0, 8, "Parking: staff may use the garage on Rua Augusta; visitors "
+                         "park in the public lot behind the station.")
+    data = base64.b64encode(bytes(pdf.output())).decode()
+    name = f"e2e-pdf-{uuid.uuid4().hex[:6]}"
+    added = http.post(f"/v1/collections/{name}/documents",
+                      json={"source": "parking.pdf", "format": "pdf", "content_base64": data})
+    assert added.status_code == 201, added.text
+    hits = http.post(f"/v1/collections/{name}/search",
+                     json={"query": "where can I leave my car?", "top_k": 1}).json()["data"]
+    assert hits[0]["source"] == "parking.pdf" and "garage" in hits[0]["text"]
+    bad = http.post(f"/v1/collections/{name}/documents",
+                    json={"source": "x.pdf", "format": "pdf", "content_base64": "%%%"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "content_base64"
+    not_pdf = http.post(f"/v1/collections/{name}/documents", json={
+        "source": "y.pdf", "format": "pdf", "content_base64": base64.b64encode(b"hi").decode()})
+    assert not_pdf.status_code == 400

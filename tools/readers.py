@@ -7,6 +7,7 @@ text. Every reader returns text with paragraphs separated by one blank line.
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 from typing import Literal
@@ -85,17 +86,23 @@ def _html(markup: str) -> str:
     return body
 
 
-def _pdf(path: Path) -> str:
+def read_pdf_bytes(data: bytes, name: str = "the document") -> str:
+    """The text of a PDF received in memory (e.g. uploaded over HTTP)."""
+    return _pdf(io.BytesIO(data), name)
+
+
+def _pdf(source: Path | io.BytesIO, name: str | None = None) -> str:
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 
+    name = name or Path(source).name
     try:
-        reader = PdfReader(path)
+        reader = PdfReader(source)
         if reader.is_encrypted and not reader.decrypt(""):
-            raise ValueError(f"{path.name} is encrypted")
+            raise ValueError(f"{name} is encrypted")
         pages = [page.extract_text() or "" for page in reader.pages]
     except PdfReadError as exc:
-        raise ValueError(f"{path.name} is not a readable PDF: {exc}") from None
+        raise ValueError(f"{name} is not a readable PDF: {exc}") from None
     return _tidy("\n\n".join(pages))
 
 

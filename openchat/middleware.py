@@ -16,11 +16,12 @@ import asyncio
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from typing import Any
 
-from openchat import logs, usage
+from openchat import logs, metrics, usage
 from openchat.errors import APIError
 from openchat.security import (
     KEY_SCOPE_ITEM,
@@ -44,6 +45,8 @@ class AccessMiddleware:
 
         self.app = app
         self.settings = settings.auth
+        self.model_ids = frozenset([p.model_id for p in settings.presets.values()]
+                                   + [settings.embeddings.model_id])
         self.keys = None
         if self.settings.enabled:
             self.keys = open_store(self.settings.keys_url)
@@ -63,6 +66,7 @@ class AccessMiddleware:
             return
         started = time.perf_counter()
         request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
+        fields: dict[str, Any] = {}
         scope.setdefault("state", {})["request_id"] = request_id
         logs.request_id.set(request_id)
         meter = usage.start_meter()
@@ -71,8 +75,9 @@ class AccessMiddleware:
         try:
             key = await self._authenticate(scope)  # before reading a stranger's body
             body = await self._read_body(scope, receive)
+            fields = _json_fields(body)
             if key is not None:
-                ticket = await self._admit(key, body)
+                ticket = await self._admit(key, fields, len(body))
                 response.extra_headers = ticket.headers
             await self.app(scope, _replay(body, receive), response.send)
         except APIError as error:
@@ -84,6 +89,7 @@ class AccessMiddleware:
                 await self.limiter.settle(ticket, used_tokens=meter.total_tokens)
             if scope["path"] not in PROBES:
                 self._audit(scope, key, response.status, meter, started, request_id)
+                self._measure(scope["path"], fields, response.status, meter, started)
 
     # -- steps ------------------------------------------------------------------------------
 
@@ -128,7 +134,7 @@ class AccessMiddleware:
             raise forbidden(lacking)
         return key
 
-    async def _admit(self, key, body: bytes):
+    async def _admit(self, key, fields: dict[str, Any], body_size: int):
         from openchat.ratelimit import KeyLimits, RateLimited
 
         limits = KeyLimits(rpm=key.rpm or self.settings.default_rpm,
@@ -137,10 +143,26 @@ class AccessMiddleware:
                            or self.settings.default_max_concurrency)
         try:
             return await self.limiter.admit(key.id, limits=limits,
-                                            reserve_tokens=_reservation(body))
+                                            reserve_tokens=_reservation(fields, body_size))
         except RateLimited as limited:
+            metrics.RATE_LIMITED.labels(limited.kind).inc()
             raise APIError(str(limited), status=429, type=limited.kind,
                            code="rate_limit_exceeded", headers=limited.headers) from None
+
+    def _measure(self, path: str, fields: dict[str, Any], status: int | None, meter,
+                 started: float) -> None:
+        route = metrics.route_label(path)
+        preset = metrics.preset_label(fields.get("model"), self.model_ids)
+        metrics.REQUESTS.labels(route, preset, str(status or 0)).inc()
+        metrics.LATENCY.labels(route).observe(time.perf_counter() - started)
+        if meter.prompt_tokens:
+            metrics.PROMPT_TOKENS.labels(route).inc(meter.prompt_tokens)
+        if meter.completion_tokens:
+            metrics.COMPLETION_TOKENS.labels(route).inc(meter.completion_tokens)
+        if meter.first_token_at is not None:
+            metrics.TIME_TO_FIRST_TOKEN.observe(meter.first_token_at - meter.started)
+        if status in (401, 403):
+            metrics.AUTH_FAILURES.labels(str(status)).inc()
 
     def _audit(self, scope, key, status, meter, started, request_id) -> None:
         audit.info("request", extra={
@@ -196,19 +218,30 @@ def _replay(body: bytes, receive):
     return replay
 
 
-def _reservation(body: bytes) -> int:
+_OBJECT_START = re.compile(rb"\s*\{")
+
+
+def _json_fields(body: bytes) -> dict[str, Any]:
+    """The body's top-level JSON object, for reservations and metric labels ({} if none:
+    the route answers malformed JSON with its own 400)."""
+    if not _OBJECT_START.match(body):
+        return {}
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _reservation(fields: dict[str, Any], body_size: int) -> int:
     """Tokens to hold while the request runs: the prompt guessed from the body size, plus
     the completion it asks for."""
     completion = DEFAULT_COMPLETION_RESERVATION
-    try:
-        data = json.loads(body) if body else {}
-        if isinstance(data, dict):
-            asked = data.get("max_completion_tokens") or data.get("max_tokens")
-            if isinstance(asked, int) and asked > 0:
-                completion = asked * max(1, int(data.get("n") or 1))
-    except (ValueError, TypeError):
-        pass  # the route answers malformed JSON with its own 400
-    return len(body) // BYTES_PER_TOKEN + completion
+    asked = fields.get("max_completion_tokens") or fields.get("max_tokens")
+    n = fields.get("n")
+    if isinstance(asked, int) and asked > 0:
+        completion = asked * (n if isinstance(n, int) and 0 < n <= 128 else 1)
+    return body_size // BYTES_PER_TOKEN + completion
 
 
 def _header(scope, name: bytes) -> str | None:

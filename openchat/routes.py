@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Match
 
+from openchat import metrics
 from openchat.admin import add_admin_routes
 from openchat.embeddings import EmbeddingRequest, create_embeddings
 from openchat.errors import APIError, error_body, install_error_handlers
@@ -54,6 +55,7 @@ def _sse(data: dict[str, Any]) -> str:
 
 
 async def sse_stream(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
+    metrics.OPEN_STREAMS.inc()
     try:
         async for chunk in chunks:
             yield _sse(chunk)
@@ -64,6 +66,8 @@ async def sse_stream(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str
             yield _sse(error_body("The server had an error while streaming.", "server_error"))
         else:
             yield _sse(error.body())
+    finally:
+        metrics.OPEN_STREAMS.dec()
     yield "data: [DONE]\n\n"
 
 

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from openchat import chat, responses
+from openchat import chat, metrics, responses
 from openchat.answer import Answer
 from openchat.errors import APIError, invalid_param
 from openchat.protocol import ChatCompletionRequest, ChatMessage
@@ -194,6 +194,8 @@ async def _execute(server, entry: TraceEntry) -> None:
     result = await server.tools.run(entry.name, entry.arguments, timeout=limits.timeout_s,
                                     max_bytes=limits.max_result_bytes)
     entry.status = "ok" if result.ok else "error"
+    metrics.TOOL_CALLS.labels(entry.name, entry.status).inc()
+    metrics.TOOL_DURATION.labels(entry.name).observe(result.duration_ms / 1000)
     entry.result, entry.duration_ms = result.output, result.duration_ms
     entry.truncated = result.truncated
     logger.info("server tool %s (%s) %s in %.1f ms", entry.name, entry.id, entry.status,

@@ -9,8 +9,9 @@ log reports it. A context variable carries it: tasks started while serving the r
 
 from __future__ import annotations
 
+import time
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _current: ContextVar[UsageMeter | None] = ContextVar("openchat_usage", default=None)
 
@@ -19,6 +20,8 @@ _current: ContextVar[UsageMeter | None] = ContextVar("openchat_usage", default=N
 class UsageMeter:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None  # for the service-side time to first token
 
     @property
     def total_tokens(self) -> int:
@@ -42,3 +45,5 @@ def add_completion(tokens: int) -> None:
     meter = _current.get()
     if meter is not None:
         meter.completion_tokens += tokens
+        if tokens and meter.first_token_at is None:
+            meter.first_token_at = time.perf_counter()

@@ -98,6 +98,9 @@ def service_env(**overrides: str) -> dict[str, str]:
         OPENCHAT_AUTH__DEFAULT_TPM="100000000",
         OPENCHAT_AUTH__DEFAULT_MAX_CONCURRENCY="256",
         OPENCHAT_AUTH__RATE_WINDOW_S="3",  # so the rate-limit tests see a window pass
+        # BentoML keeps Prometheus' multiprocess files under its home and wipes them at
+        # start: each service gets its own, or concurrent services mix their metrics.
+        BENTOML_HOME=str(data / "bentoml"),
         OPENCHAT_ENGINE__CPU_KV_CACHE_GIB="1",
         HF_HUB_OFFLINE="1",
         ANONYMIZED_TELEMETRY="False",

@@ -6,6 +6,7 @@ stops the in-process vLLM engine, mounts the OpenAI-compatible app and exposes t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -71,6 +72,23 @@ def _stop_whole_server() -> None:
     os._exit(3)
 
 
+def _restart_worker() -> None:
+    """Leave the worker the way a supervisor's SIGTERM would; circus starts a fresh one.
+    In a container BentoML does not respawn workers: stop the whole server instead, so
+    the container exits and its orchestrator restarts it."""
+    import signal
+
+    global _server
+    _server = None  # new requests: 503 while the worker restarts
+    loop = asyncio.get_running_loop()
+    if "BENTOML_CONTAINERIZED" in os.environ:
+        logger.critical("stopping the server so its supervisor restarts it")
+        loop.call_later(1.0, _stop_whole_server)
+    else:
+        logger.critical("restarting this worker to get a working engine")
+        loop.call_later(1.0, os.kill, os.getpid(), signal.SIGTERM)
+
+
 @bentoml.service(
     name=SETTINGS.service.name,
     resources=SETTINGS.service.resources,
@@ -106,6 +124,12 @@ class OpenChat:
 
     def __is_alive__(self) -> bool:
         return self.engine.is_healthy
+
+    @bentoml.on_startup
+    async def watch_engine(self) -> None:
+        """If the engine dies, fail readiness and restart this worker: BentoML's process
+        manager starts a new one (with a new engine); requests meanwhile get 503."""
+        self._watchdog = asyncio.create_task(self.engine.watch(_restart_worker))
 
     @bentoml.on_shutdown
     def stop_engine(self) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from openchat import usage
 from openchat.config import EngineSettings, Settings
+from openchat.errors import APIError
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +154,12 @@ class Engine:
         try:
             async for output in stream:
                 usage.add_completion(sum(len(o.token_ids) for o in output.outputs))
+                if any(o.finish_reason == "abort" for o in output.outputs):
+                    # Not the client (it is still here): the engine cut the request off,
+                    # e.g. while shutting down. A partial answer must not pass as whole.
+                    raise APIError("The request was cut short because the engine is "
+                                   "stopping or restarting; retry it.", status=503,
+                                   code="request_aborted")
                 yield output
         except (asyncio.CancelledError, GeneratorExit):
             logger.info("request %s aborted: the client went away", request_id)
@@ -169,6 +176,15 @@ class Engine:
 
     async def check_health(self) -> None:
         await self._llm.check_health()
+
+    async def watch(self, on_death, interval: float = 0.5) -> None:
+        """Call `on_death()` once if the engine stops serving (its process died or it
+        errored); in-flight requests have meanwhile failed with EngineDeadError (503)."""
+        while self.is_healthy:
+            await asyncio.sleep(interval)
+        logger.critical("the vLLM engine is dead (errored=%s, running=%s)",
+                        self._llm.errored, self._llm.is_running)
+        on_death()
 
     def shutdown(self) -> None:
         logger.info("stopping vLLM engine")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import psutil
 import pytest
 
-from tests.conftest import RunningService, service_env
+from tests.conftest import AUTH, RunningService, service_env
 
 pytestmark = pytest.mark.e2e
 
@@ -42,13 +43,58 @@ def test_probes_and_sigterm_stop_everything(tmp_path):
         names = " ".join(" ".join(p.cmdline()) for p in descendants)
         assert "VLLM::EngineCore" in names, "the engine core runs as a child process"
 
-        # A supervisor stops the service with SIGTERM to its main process only.
-        os.kill(running.process.pid, signal.SIGTERM)
+        # A request in flight when SIGTERM arrives is never passed off as complete: BentoML
+        # signals the engine's processes too, so it ends with a clear 503 to retry.
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(_chat, running.url, 4000)
+            time.sleep(1.5)
+            # A supervisor stops the service with SIGTERM to its main process only.
+            os.kill(running.process.pid, signal.SIGTERM)
+            answer = in_flight.result(timeout=120)
+        if answer.status_code == 200:
+            assert answer.json()["usage"]["completion_tokens"] == 4000
+        else:
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error"]["code"] == "request_aborted"
         running.process.wait(timeout=90)
         deadline = time.monotonic() + 30
         while _alive(descendants) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert _alive(descendants) == []
         assert "stopping vLLM engine" in running.log_path.read_text()
+    finally:
+        running.stop()
+
+
+def _chat(url: str, tokens: int) -> httpx.Response:
+    body = {"model": "openchat-3.5", "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": tokens, "ignore_eos": True}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=120)
+
+
+def test_engine_death_gives_503_then_the_worker_restarts(tmp_path):
+    running = RunningService(service_env(), tmp_path / "log")
+    try:
+        running.wait_ready()
+        engine = next(p for p in psutil.Process(running.process.pid).children(recursive=True)
+                      if "VLLM::EngineCore" in " ".join(p.cmdline()))
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(_chat, running.url, 8000)
+            time.sleep(1.5)
+            engine.kill()  # the engine process dies mid-request
+            failed = in_flight.result(timeout=60)
+        assert failed.status_code == 503, failed.text
+        assert failed.json()["error"]["code"] == "engine_unavailable"
+        # The worker restarts with a new engine, and serves again.
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if "restarting this worker" in running.log():
+                break
+            time.sleep(0.5)
+        assert "the vLLM engine is dead" in running.log()
+        time.sleep(3)
+        running.wait_ready()
+        assert _chat(running.url, 4).status_code == 200
+        assert running.process.poll() is None
     finally:
         running.stop()

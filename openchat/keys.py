@@ -23,6 +23,7 @@ from sqlalchemy.orm import registry
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from openchat.security import ADMIN_SCOPE, ALL_SCOPES
+from tools.sql import psycopg_url
 
 logger = logging.getLogger("openchat.keys")
 
@@ -114,7 +115,7 @@ class KeyStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             parsed = parsed.set(database=str(path))
         elif self.dialect == "postgresql":
-            parsed = _psycopg(parsed)
+            parsed = psycopg_url(parsed)
         else:
             raise ValueError(f"the key store supports SQLite and PostgreSQL, not {self.dialect}")
         # The engine's pool is thread-safe; every call below takes its own short session.
@@ -234,14 +235,6 @@ def _sqlite_path(database: str | None) -> Path:
         raise ValueError("the key store needs a SQLite file path (sqlite:///path/to/keys.db); "
                          "an in-memory database would be empty for every connection")
     return Path(database).resolve()
-
-
-def _psycopg(url: URL) -> URL:
-    if url.drivername == "postgresql":
-        return url.set(drivername="postgresql+psycopg")
-    if url.drivername != "postgresql+psycopg":
-        raise ValueError(f"use postgresql+psycopg:// URLs (psycopg 3), not {url.drivername}")
-    return url
 
 
 @lru_cache(maxsize=4)

@@ -56,9 +56,9 @@ class SQLDatabase:
             self._writer = create_engine(url.set(database=str(self.path)))
             self._reader = _sqlite_reader(self.path, settings.statement_timeout_s)
         elif self.dialect == "postgresql":
-            self._writer = create_engine(_psycopg(url))
+            self._writer = create_engine(psycopg_url(url))
             reader_url = make_url(settings.read_only_url) if settings.read_only_url else url
-            self._reader = _postgres_reader(_psycopg(reader_url), settings.statement_timeout_s)
+            self._reader = _postgres_reader(psycopg_url(reader_url), settings.statement_timeout_s)
         else:
             raise ValueError(f"the SQL tools support SQLite and PostgreSQL, not {self.dialect}")
 
@@ -225,7 +225,8 @@ def _sqlite_path(url: URL) -> Path:
     return Path(url.database).resolve()
 
 
-def _psycopg(url: URL) -> URL:
+def psycopg_url(url: URL) -> URL:
+    """A PostgreSQL URL on psycopg 3 (the one driver in the lock); others refused."""
     if url.drivername == "postgresql":
         return url.set(drivername="postgresql+psycopg")
     if url.drivername != "postgresql+psycopg":

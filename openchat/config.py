@@ -194,9 +194,10 @@ class AuthSettings(BaseModel):
     protect_metrics: bool = Field(True, description="/metrics needs the admin scope.")
     protect_docs: bool = Field(False, description="/docs and the OpenAPI schema need a key "
                                   "(inference scope).")
-    rate_limit_storage: str = Field("memory://", description="A `limits` storage URI; "
-                                    "only memory:// (per replica) supports the token "
-                                    "refunds TPM needs today.")
+    rate_limit_storage: str = Field("memory://", description="Where rate-limit counts "
+                                    "live: memory:// (each replica its own budget) or "
+                                    "redis://host:6379/0 / rediss:// (one budget shared "
+                                    "by all replicas).")
     rate_window_s: int = Field(60, ge=1, le=3600, description="The rate-limit window: "
                                "default_rpm/default_tpm and each key's rpm/tpm are per "
                                "window (a minute unless changed).")
@@ -206,9 +207,10 @@ class AuthSettings(BaseModel):
     @field_validator("rate_limit_storage")
     @classmethod
     def _refundable_storage(cls, uri: str) -> str:
-        if not uri.removeprefix("async+").startswith("memory://"):
-            raise ValueError("only memory:// is supported: token reservations must be "
-                             "refunded, which the shared `limits` stores cannot do yet")
+        # Token reservations must be refunded: memory:// via `limits`, Redis by our own
+        # counters (ratelimit_redis.py); `limits`' other stores cannot.
+        if not uri.removeprefix("async+").startswith(("memory://", "redis://", "rediss://")):
+            raise ValueError("rate_limit_storage must be memory://, redis:// or rediss://")
         return uri
 
 

@@ -148,6 +148,10 @@ class AccessMiddleware:
             metrics.RATE_LIMITED.labels(limited.kind).inc()
             raise APIError(str(limited), status=429, type=limited.kind,
                            code="rate_limit_exceeded", headers=limited.headers) from None
+        except Exception:  # the shared store is down: refuse rather than run unlimited
+            logger.exception("rate-limit store unavailable")
+            raise APIError("Rate limits cannot be checked right now; retry shortly.",
+                           status=503, code="rate_limit_store_unavailable") from None
 
     def _measure(self, path: str, fields: dict[str, Any], status: int | None, meter,
                  started: float) -> None:

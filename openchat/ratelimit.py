@@ -9,6 +9,10 @@ Windows are `limits`' sliding window counter (why: see `SlidingWindowCounterRate
 below). Its count is the current fixed window's hits plus the previous window's, weighted by
 the share of that window still inside the sliding one; `Window` does that arithmetic for
 headers and retry delays, so it is testable without storage or event loop.
+
+Storage: memory:// keeps counts in this process (one budget per replica); redis:// and
+rediss:// keep them in one Redis shared by all replicas (ratelimit_redis.py, same windows,
+headers and refusals).
 """
 
 from __future__ import annotations
@@ -18,13 +22,16 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from math import ceil, floor
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import ConfigurationError
 from limits.storage import storage_from_string
 from limits.storage.base import TimestampedSlidingWindow
+
+if TYPE_CHECKING:
+    from openchat.ratelimit_redis import RedisCounters
 
 Kind = Literal["requests", "tokens", "concurrency"]
 CONCURRENCY_RETRY_SECONDS = 1.0  # nobody knows when a running request ends; ask for a short wait
@@ -180,44 +187,55 @@ class Ticket:
     reserved_at: float | None  # a moment in the fixed window holding the reservation
     headers: dict[str, str]
     settled: bool = False
+    slot: str = ""  # the request's slot in a shared store, freed on settle
 
 
 def supports_refunds(storage_class: type) -> bool:
     """Refunds decrement the fixed window a reservation went into, so the storage must key
     windows by timestamp and have a public decr. In limits 5.8 only the memory storage does:
-    redis rotates two keys by renaming them, memcached keeps decr in a private bridge."""
+    redis rotates two keys by renaming them (so Redis has our own counters instead,
+    ratelimit_redis.py), memcached keeps decr in a private bridge."""
     return issubclass(storage_class, TimestampedSlidingWindow) and hasattr(storage_class, "decr")
 
 
 class RateLimiter:
-    """Rate limits for many keys, kept in one `limits` storage (default: this process)."""
+    """Rate limits for many keys, kept in one `limits` storage (default: this process) or in
+    a Redis shared by replicas."""
 
     def __init__(self, storage_uri: str = "memory://", *, window: int = 60):
         if window < 1:
             raise ValueError("window must be at least one second")
+        self._window = window
+        self._per = "minute" if window == 60 else format_duration(window)
+        self._in_flight: dict[str, int] = {}  # this process's requests in flight, per key
+        self._shared: RedisCounters | None = None
+        if storage_uri.removeprefix("async+").startswith(("redis://", "rediss://")):
+            from openchat.ratelimit_redis import RedisCounters  # redis only when configured
+
+            self._shared = RedisCounters(storage_uri.removeprefix("async+"), window)
+            return
         # `limits` reads "memory://" as its synchronous storage; the async one is "async+...".
         uri = storage_uri if storage_uri.startswith("async+") else f"async+{storage_uri}"
         storage = storage_from_string(uri)
         if not supports_refunds(type(storage)):
             raise ConfigurationError(
                 f"rate limits cannot use {storage_uri!r}: token refunds need a storage with "
-                "timestamped sliding windows and decr (memory:// in limits 5.8)")
+                "timestamped sliding windows and decr (memory:// in limits 5.8), or redis://")
         self._storage = storage
         # Sliding window counter: takes cost=, is O(1) per key and smooths the edges a fixed
         # window allows (twice the limit around a boundary). Moving window would be exact but
         # keeps one entry per token (100k-entry lists per key) and has no way to give any
         # back; here a refund is a decrement of the one counter the reservation went into.
         self._strategy = SlidingWindowCounterRateLimiter(storage)
-        self._window = window
-        self._per = "minute" if window == 60 else format_duration(window)
-        # `limits` has nothing for requests in flight: an in-process count per key.
-        self._in_flight: dict[str, int] = {}
-        # One admission per key at a time, so check-then-take cannot interleave in-process.
+        # `limits` has nothing for requests in flight: `_in_flight` is the count. One
+        # admission per key at a time, so check-then-take cannot interleave in-process.
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def admit(self, key_id: str, *, limits: KeyLimits, reserve_tokens: int) -> Ticket:
         """Take one request, `reserve_tokens` tokens and a slot, or raise `RateLimited`."""
         reserve_tokens = max(0, reserve_tokens)
+        if self._shared:
+            return await self._admit_shared(key_id, limits, reserve_tokens)
         requests_item, tokens_item = self._items(limits)
         async with self._locks[key_id]:
             requests = await self._read(requests_item, key_id)
@@ -239,19 +257,48 @@ class RateLimiter:
         ticket.settled = True
         self._release(ticket.key_id)  # first, so a failing storage cannot leak the slot
         used_tokens = max(0, used_tokens)
-        if used_tokens != ticket.reserved_tokens:
+        if self._shared:
+            index = int(ticket.reserved_at // self._window)
+            await self._shared.settle(ticket.key_id, ticket.slot,
+                                      used_tokens - ticket.reserved_tokens, index)
+        elif used_tokens != ticket.reserved_tokens:
             _, tokens_item = self._items(ticket.limits)
             await self._correct(tokens_item, ticket.key_id,
                                 used_tokens - ticket.reserved_tokens, ticket.reserved_at)
 
     async def peek(self, key_id: str, limits: KeyLimits) -> dict[str, str]:
         """The key's headers as they stand, taking nothing."""
+        if self._shared:
+            seen = await self._shared.admit(key_id, rpm=limits.rpm, tpm=limits.tpm,
+                                            reserve_tokens=0, max_concurrency=1, take=False)
+            return rate_headers(limits, seen.requests, seen.tokens)
         requests_item, tokens_item = self._items(limits)
         return rate_headers(limits, await self._read(requests_item, key_id),
                             await self._read(tokens_item, key_id))
 
     def in_flight(self, key_id: str) -> int:
+        """Requests in flight admitted by this limiter (with Redis: by this replica)."""
         return self._in_flight.get(key_id, 0)
+
+    async def aclose(self) -> None:
+        """Close the shared store's connections; nothing to do in memory."""
+        if self._shared:
+            await self._shared.aclose()
+
+    async def _admit_shared(self, key_id: str, limits: KeyLimits,
+                            reserve_tokens: int) -> Ticket:
+        # One script checks and takes everything at once, so no lock is needed here.
+        seen = await self._shared.admit(key_id, rpm=limits.rpm, tpm=limits.tpm,
+                                        reserve_tokens=reserve_tokens,
+                                        max_concurrency=limits.max_concurrency)
+        if seen.refused:
+            raise (refusal(limits, reserve_tokens, seen.in_flight, seen.requests, seen.tokens,
+                           per=self._per)
+                   or _contended(seen.refused, limits, seen.requests, seen.tokens))
+        self._in_flight[key_id] = self._in_flight.get(key_id, 0) + 1
+        headers = rate_headers(limits, seen.requests.taken(1), seen.tokens.taken(reserve_tokens))
+        reserved_at = float(seen.window_index * self._window)  # the window's first moment
+        return Ticket(key_id, limits, reserve_tokens, reserved_at, headers, slot=seen.ticket_id)
 
     def _items(self, limits: KeyLimits) -> tuple[RateLimitItem, RateLimitItem]:
         return (RateLimitItemPerSecond(limits.rpm, self._window, namespace="openchat/requests"),
@@ -276,8 +323,7 @@ class RateLimiter:
             if not taken:
                 await self._correct(requests_item, key_id, -1, request_at)
         if not taken:
-            raise RateLimited(kind, 1.0, rate_headers(limits, requests, tokens),
-                              f"Rate limit reached for {kind}. Try again in 1s.")
+            raise _contended(kind, limits, requests, tokens)
         return tokens_at
 
     async def _hit(self, item: RateLimitItem, key_id: str,
@@ -314,3 +360,10 @@ class RateLimiter:
             self._in_flight[key_id] = left
         else:
             self._in_flight.pop(key_id, None)
+
+
+def _contended(kind: Kind, limits: KeyLimits, requests: Window, tokens: Window) -> RateLimited:
+    """The store refused what the counts read just before seemed to allow (another writer,
+    or rounding at the very edge): ask for a short wait."""
+    return RateLimited(kind, 1.0, rate_headers(limits, requests, tokens),
+                       f"Rate limit reached for {kind}. Try again in 1s.")

@@ -1,20 +1,28 @@
-"""Rate limits per key: pure arithmetic and formats, then the limiter on memory storage.
+"""Rate limits per key: pure arithmetic and formats, then the limiter on memory and Redis.
 
-`limits`' memory storage reads `time.time()` itself and takes no clock, so most limiter tests
-swap the `time` module it (and openchat.ratelimit) sees for a fake clock: windows of a real
-minute, no sleeping. One test runs on the real clock with a one-second window.
+`limits`' memory storage reads `time.time()` itself and takes no clock, so the memory-only
+tests swap the `time` module it (and openchat.ratelimit) sees for a fake clock: windows of a
+real minute, no sleeping. The tests that need no exact times run on both stores on the real
+clock (`store`); Redis, which reads its own server clock, gets one real server for the module
+and short real windows where time must pass. Two limiters on one Redis stand for replicas.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
+from collections.abc import Iterator
 
 import limits.aio.storage.memory
 import pytest
+import redis
 from limits.aio.storage import MemcachedStorage, MemoryStorage, RedisStorage
+from pydantic import ValidationError
 
-from openchat import ratelimit
+from openchat import ratelimit, ratelimit_redis
+from openchat.config import AuthSettings
+from tests.redis_server import running_redis
 from openchat.ratelimit import (
     KeyLimits,
     RateLimited,
@@ -57,6 +65,61 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
 
 def run(coroutine):
     return asyncio.run(coroutine)
+
+
+def counts(headers: dict[str, str]) -> dict[str, str]:
+    return {name: value for name, value in headers.items() if "-reset-" not in name}
+
+
+async def early_in_window(window: float, needed: float) -> None:
+    """Wait until `needed` seconds fit before the current fixed window ends, so the steps
+    that follow all land in one window and counts read whole."""
+    while time.time() % window > window - needed:
+        await asyncio.sleep(0.02)
+
+
+class Store:
+    """A storage URI, and the limiters a test opens on it (closed when `run` ends)."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self._opened: list[RateLimiter] = []
+
+    def limiter(self, window: int = 60) -> RateLimiter:
+        limiter = RateLimiter(self.uri, window=window)
+        self._opened.append(limiter)
+        return limiter
+
+    def run(self, coroutine):
+        async def closing():
+            try:
+                await early_in_window(60, 2)
+                return await coroutine
+            finally:
+                for limiter in self._opened:
+                    await limiter.aclose()
+
+        return asyncio.run(closing())
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with running_redis() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_store(redis_url: str) -> Store:
+    with redis.Redis.from_url(redis_url) as client:
+        client.flushdb()
+    return Store(redis_url)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> Store:
+    if request.param == "memory":
+        return Store("memory://")
+    return request.getfixturevalue("redis_store")
 
 
 # --- formats ------------------------------------------------------------------------------
@@ -249,11 +312,13 @@ def test_refund_reaches_the_previous_window_and_skips_older_ones(clock):
     run(scenario())
 
 
-def test_a_request_larger_than_the_whole_limit_never_fits(clock):
+# --- the limiter, on either store and the real clock ---------------------------------------
+
+def test_a_request_larger_than_the_whole_limit_never_fits(store):
     limits = KeyLimits(rpm=10, tpm=1000, max_concurrency=8)
 
     async def scenario():
-        limiter = RateLimiter("memory://")
+        limiter = store.limiter()
         with pytest.raises(RateLimited) as refused:
             await limiter.admit("k", limits=limits, reserve_tokens=1001)
         error = refused.value
@@ -264,10 +329,10 @@ def test_a_request_larger_than_the_whole_limit_never_fits(clock):
         assert after["x-ratelimit-remaining-requests"] == "10"
         assert limiter.in_flight("k") == 0
 
-    run(scenario())
+    store.run(scenario())
 
 
-def test_concurrency_slot_taken_and_released_also_on_errors(clock):
+def test_concurrency_slot_taken_and_released_also_on_errors(store):
     limits = KeyLimits(rpm=100, tpm=10_000, max_concurrency=2)
 
     async def failing_request(limiter):
@@ -278,7 +343,7 @@ def test_concurrency_slot_taken_and_released_also_on_errors(clock):
             await limiter.settle(ticket, used_tokens=3)
 
     async def scenario():
-        limiter = RateLimiter("memory://")
+        limiter = store.limiter()
         a = await limiter.admit("k", limits=limits, reserve_tokens=10)
         b = await limiter.admit("k", limits=limits, reserve_tokens=10)
         assert limiter.in_flight("k") == 2
@@ -299,33 +364,33 @@ def test_concurrency_slot_taken_and_released_also_on_errors(clock):
         assert after["x-ratelimit-remaining-requests"] == "97"
         assert after["x-ratelimit-remaining-tokens"] == str(10_000 - 23)
 
-    run(scenario())
+    store.run(scenario())
 
 
-def test_refused_requests_take_nothing(clock):
+def test_refused_requests_take_nothing(store):
     limits = KeyLimits(rpm=5, tpm=100, max_concurrency=1)
 
     async def scenario():
-        limiter = RateLimiter("memory://")
+        limiter = store.limiter()
         ticket = await limiter.admit("k", limits=limits, reserve_tokens=50)
         before = await limiter.peek("k", limits)
         for reserve in (60, 10, 500):  # too many tokens, no free slot, never fits
             with pytest.raises(RateLimited):
                 await limiter.admit("k", limits=limits, reserve_tokens=reserve)
-        assert await limiter.peek("k", limits) == before
+        assert counts(await limiter.peek("k", limits)) == counts(before)  # resets: real time
         assert before["x-ratelimit-remaining-requests"] == "4"
         assert before["x-ratelimit-remaining-tokens"] == "50"
         assert limiter.in_flight("k") == 1
         await limiter.settle(ticket, used_tokens=50)
 
-    run(scenario())
+    store.run(scenario())
 
 
-def test_settling_twice_does_nothing(clock):
+def test_settling_twice_does_nothing(store):
     limits = KeyLimits(rpm=100, tpm=1000, max_concurrency=8)
 
     async def scenario():
-        limiter = RateLimiter("memory://")
+        limiter = store.limiter()
         other = await limiter.admit("k", limits=limits, reserve_tokens=100)
         ticket = await limiter.admit("k", limits=limits, reserve_tokens=500)
         await limiter.settle(ticket, used_tokens=200)
@@ -335,14 +400,14 @@ def test_settling_twice_does_nothing(clock):
         await limiter.settle(other, used_tokens=100)
         assert limiter.in_flight("k") == 0
 
-    run(scenario())
+    store.run(scenario())
 
 
-def test_keys_are_independent(clock):
+def test_keys_are_independent(store):
     limits = KeyLimits(rpm=1, tpm=100, max_concurrency=1)
 
     async def scenario():
-        limiter = RateLimiter("memory://")
+        limiter = store.limiter()
         a = await limiter.admit("a", limits=limits, reserve_tokens=100)
         with pytest.raises(RateLimited):
             await limiter.admit("a", limits=limits, reserve_tokens=1)
@@ -352,16 +417,14 @@ def test_keys_are_independent(clock):
         await limiter.settle(a, used_tokens=100)
         await limiter.settle(b, used_tokens=100)
 
-    run(scenario())
+    store.run(scenario())
 
 
-# --- the limiter, on the real clock -------------------------------------------------------
-
-def test_real_clock_short_window_recovers_after_retry_after():
+def test_real_clock_short_window_recovers_after_retry_after(store):
     limits = KeyLimits(rpm=2, tpm=1000, max_concurrency=8)
 
     async def scenario():
-        limiter = RateLimiter("memory://", window=1)
+        limiter = store.limiter(window=1)
         while time.time() % 1 > 0.5:  # start early in a fixed window, so all three land in it
             await asyncio.sleep(0.02)
         for _ in range(2):
@@ -375,5 +438,187 @@ def test_real_clock_short_window_recovers_after_retry_after():
         await limiter.settle(ticket, used_tokens=1)
 
     started = time.monotonic()
+    store.run(scenario())
+    assert time.monotonic() - started < 5  # up to 2 s of it spent waiting by `run`
+
+
+# --- Redis: one budget for many replicas --------------------------------------------------
+
+def test_replicas_share_requests_and_race_for_the_last_ones(redis_store):
+    limits = KeyLimits(rpm=7, tpm=10_000, max_concurrency=100)
+
+    async def scenario():
+        a, b = redis_store.limiter(), redis_store.limiter()
+        first = await a.admit("k", limits=limits, reserve_tokens=1)
+        assert (await b.peek("k", limits))["x-ratelimit-remaining-requests"] == "6"
+        # 20 requests at once through both replicas: each admission is one script, so
+        # exactly the 6 left get in.
+        replicas = [a, b] * 10
+        results = await asyncio.gather(
+            *(r.admit("k", limits=limits, reserve_tokens=1) for r in replicas),
+            return_exceptions=True)
+        refused = [r for r in results if isinstance(r, RateLimited)]
+        assert len(refused) == 14 and {r.kind for r in refused} == {"requests"}
+        admitted = [(r, t) for r, t in zip(replicas, results) if not isinstance(t, Exception)]
+        assert len(admitted) == 6
+        assert a.in_flight("k") + b.in_flight("k") == 7  # each replica counts its own
+        for replica, ticket in [(a, first), *admitted]:
+            await replica.settle(ticket, used_tokens=1)
+        assert a.in_flight("k") == b.in_flight("k") == 0
+
+    redis_store.run(scenario())
+
+
+def test_replicas_share_tokens_with_refunds_and_overuse(redis_store):
+    limits = KeyLimits(rpm=100, tpm=1000, max_concurrency=8)
+
+    async def scenario():
+        a, b = redis_store.limiter(), redis_store.limiter()
+        first = await a.admit("k", limits=limits, reserve_tokens=600)
+        with pytest.raises(RateLimited) as refused:
+            await b.admit("k", limits=limits, reserve_tokens=600)
+        assert refused.value.kind == "tokens" and refused.value.retry_after > 0
+        assert refused.value.headers["x-ratelimit-remaining-tokens"] == "400"
+        await a.settle(first, used_tokens=100)  # refund 500, seen by the other replica
+        assert (await b.peek("k", limits))["x-ratelimit-remaining-tokens"] == "900"
+        second = await b.admit("k", limits=limits, reserve_tokens=600)
+        assert second.headers["x-ratelimit-remaining-tokens"] == "300"
+        await b.settle(second, used_tokens=1200)  # 600 more than reserved: past the limit
+        after = await a.peek("k", limits)
+        assert after["x-ratelimit-remaining-tokens"] == "0"
+        assert after["x-ratelimit-remaining-requests"] == "98"
+        with pytest.raises(RateLimited) as refused:
+            await a.admit("k", limits=limits, reserve_tokens=0)
+        assert refused.value.kind == "tokens"
+
+    redis_store.run(scenario())
+
+
+def test_replicas_share_concurrency(redis_store):
+    limits = KeyLimits(rpm=100, tpm=10_000, max_concurrency=2)
+
+    async def scenario():
+        a, b = redis_store.limiter(), redis_store.limiter()
+        one = await a.admit("k", limits=limits, reserve_tokens=10)
+        two = await b.admit("k", limits=limits, reserve_tokens=10)
+        for replica in (a, b):
+            with pytest.raises(RateLimited) as refused:
+                await replica.admit("k", limits=limits, reserve_tokens=10)
+            assert refused.value.kind == "concurrency"
+            assert refused.value.headers["retry-after"] == "1"
+        await a.settle(one, used_tokens=10)
+        await a.settle(one, used_tokens=10)  # settling twice frees one slot only
+        three = await b.admit("k", limits=limits, reserve_tokens=10)
+        with pytest.raises(RateLimited):
+            await a.admit("k", limits=limits, reserve_tokens=10)
+        await b.settle(two, used_tokens=10)
+        await b.settle(three, used_tokens=10)
+
+    redis_store.run(scenario())
+
+
+def _snapshot(url: str) -> dict:
+    """Every key in Redis and its value, to compare before and after."""
+    with redis.Redis.from_url(url) as client:
+        return {key: (client.get(key) if client.type(key) == b"string"
+                      else client.zrange(key, 0, -1, withscores=True))
+                for key in client.keys("*")}
+
+
+def test_a_refusal_takes_nothing_in_redis(redis_store):
+    limits = KeyLimits(rpm=2, tpm=100, max_concurrency=1)
+
+    async def scenario():
+        limiter = redis_store.limiter()
+        ticket = await limiter.admit("k", limits=limits, reserve_tokens=50)
+        before = _snapshot(redis_store.uri)
+        assert len(before) == 3  # requests and tokens of this window, and the slots
+        for reserve in (60, 10, 500):  # too many tokens, no free slot, never fits
+            with pytest.raises(RateLimited):
+                await limiter.admit("k", limits=limits, reserve_tokens=reserve)
+        await limiter.settle(ticket, used_tokens=50)
+        await limiter.settle(await limiter.admit("k", limits=limits, reserve_tokens=0), 0)
+        before = _snapshot(redis_store.uri)
+        with pytest.raises(RateLimited) as refused:  # no request left
+            await limiter.admit("k", limits=limits, reserve_tokens=10)
+        assert refused.value.kind == "requests"
+        assert _snapshot(redis_store.uri) == before
+        assert limiter.in_flight("k") == 0
+
+    redis_store.run(scenario())
+
+
+def test_counters_expire_and_a_dead_replicas_slot_lapses(redis_store, monkeypatch):
+    monkeypatch.setattr(ratelimit_redis, "SLOT_LIFETIME_SECONDS", 1)
+    limits = KeyLimits(rpm=100, tpm=1000, max_concurrency=1)
+
+    async def scenario():
+        dead, alive = redis_store.limiter(window=2), redis_store.limiter(window=2)
+        await dead.admit("k", limits=limits, reserve_tokens=10)  # never settled
+        with redis.Redis.from_url(redis_store.uri) as client:
+            ttls = {key: client.pttl(key) for key in client.keys("*")}
+        assert all(0 < ttl <= 4000 for ttl in ttls.values()), ttls  # 2 windows at most
+        with pytest.raises(RateLimited) as refused:
+            await alive.admit("k", limits=limits, reserve_tokens=10)
+        assert refused.value.kind == "concurrency"
+        await asyncio.sleep(1.1)
+        await alive.settle(await alive.admit("k", limits=limits, reserve_tokens=10), 10)
+
+    redis_store.run(scenario())
+
+
+def test_refunds_reach_the_previous_window_and_skip_older_ones_in_redis(redis_store):
+    limits = KeyLimits(rpm=100, tpm=1000, max_concurrency=8)
+
+    async def scenario():
+        limiter = redis_store.limiter(window=1)
+        await early_in_window(1, 0.5)
+        ticket = await limiter.admit("k", limits=limits, reserve_tokens=700)
+        await asyncio.sleep(1 - time.time() % 1 + 0.05)  # the next window: 700 count less
+        assert int((await limiter.peek("k", limits))["x-ratelimit-remaining-tokens"]) > 300
+        await limiter.settle(ticket, used_tokens=0)
+        assert (await limiter.peek("k", limits))["x-ratelimit-remaining-tokens"] == "1000"
+
+        old = await limiter.admit("k", limits=limits, reserve_tokens=600)
+        await asyncio.sleep(2.05)  # two windows on: the reservation no longer counts
+        await limiter.settle(old, used_tokens=0)  # nothing to refund, and no credit either
+        await early_in_window(1, 0.5)
+        full = await limiter.admit("k", limits=limits, reserve_tokens=1000)
+        assert full.headers["x-ratelimit-remaining-tokens"] == "0"
+
+    redis_store.run(scenario())
+
+
+def test_an_unreachable_redis_refuses_to_admit_but_settling_never_raises(caplog):
+    limits = KeyLimits(rpm=10, tpm=1000, max_concurrency=8)
+
+    async def scenario():
+        limiter = RateLimiter(f"redis://127.0.0.1:{_closed_port()}/0")
+        with pytest.raises(redis.ConnectionError):
+            await limiter.admit("k", limits=limits, reserve_tokens=10)
+        ticket = ratelimit.Ticket("k", limits, 10, 0.0, {}, slot="lost")
+        await limiter.settle(ticket, used_tokens=3)  # logged; the slot would lapse
+        await limiter.aclose()
+
     run(scenario())
-    assert time.monotonic() - started < 3
+    assert "could not settle" in caplog.text
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+# --- configuration ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("uri", ["memory://", "async+memory://", "redis://cache:6379/0",
+                                 "rediss://user:secret@cache:6380/1"])
+def test_storage_setting_accepts_memory_and_redis(uri):
+    assert AuthSettings(rate_limit_storage=uri).rate_limit_storage == uri
+
+
+@pytest.mark.parametrize("uri", ["memcached://cache:11211", "mongodb://db", "redis+cluster://c"])
+def test_storage_setting_refuses_stores_that_cannot_refund(uri):
+    with pytest.raises(ValidationError, match="memory://, redis:// or rediss://"):
+        AuthSettings(rate_limit_storage=uri)

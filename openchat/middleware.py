@@ -65,7 +65,8 @@ class AccessMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
+        given = _header(scope, b"x-request-id")
+        request_id = given if given and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         fields: dict[str, Any] = {}
         scope.setdefault("state", {})["request_id"] = request_id
         logs.request_id.set(request_id)
@@ -85,8 +86,9 @@ class AccessMiddleware:
                 response.extra_headers = error.headers
             await response.error(error)
         finally:
-            if ticket is not None:
-                await self.limiter.settle(ticket, used_tokens=meter.total_tokens)
+            if ticket is not None:  # shielded: a timed-out request must still settle
+                await asyncio.shield(self.limiter.settle(ticket,
+                                                         used_tokens=meter.total_tokens))
             if scope["path"] not in PROBES:
                 self._audit(scope, key, response.status, meter, started, request_id)
                 self._measure(scope["path"], fields, response.status, meter, started)
@@ -223,6 +225,7 @@ def _replay(body: bytes, receive):
 
 
 _OBJECT_START = re.compile(rb"\s*\{")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # what may travel into logs and headers
 
 
 def _json_fields(body: bytes) -> dict[str, Any]:

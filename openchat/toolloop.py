@@ -106,8 +106,11 @@ async def chat_with_server_tools(server, request: ChatCompletionRequest, tools: 
     first = await anext(events)  # the first step's validation errors are 400s, not events
     if request.stream:
         return _stream(request, request_id, first, events)
-    async for _ in events:
-        pass
+    try:
+        async for _ in events:
+            pass
+    finally:
+        await events.aclose()  # a cancelled request aborts its engine step at once
     return _completion(request, request_id, first)
 
 

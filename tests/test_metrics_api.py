@@ -81,3 +81,8 @@ def test_request_ids_are_returned_and_generated(http):
     assert given.headers["x-request-id"] == "trace-me-42"
     made = http.get("/v1/models").headers["x-request-id"]
     assert len(made) == 32 and made != http.get("/v1/models").headers["x-request-id"]
+
+
+def test_unsafe_request_ids_are_replaced(http):
+    odd = http.get("/v1/models", headers={"X-Request-ID": "x" * 500})
+    assert odd.headers["x-request-id"] != "x" * 500 and len(odd.headers["x-request-id"]) == 32

@@ -89,7 +89,8 @@ class AccessMiddleware:
             if ticket is not None:  # shielded: a timed-out request must still settle
                 await asyncio.shield(self.limiter.settle(ticket,
                                                          used_tokens=meter.total_tokens))
-            if scope["path"] not in PROBES:
+            if scope["path"] not in PROBES:  # a 403 still names the key that tried
+                key = scope.get(KEY_SCOPE_ITEM, key)
                 self._audit(scope, key, response.status, meter, started, request_id)
                 self._measure(scope["path"], fields, response.status, meter, started)
 

@@ -250,6 +250,16 @@ def test_audit_log_names_the_key_never_the_secret(service, http, anonymous):
     assert record["status"] == 200 and record["path"] == "/v1/chat/completions"
     assert record["prompt_tokens"] == 17 and 1 <= record["completion_tokens"] <= 3
     assert record["latency_ms"] > 0
+    docs_only, denied = make_key(http, scopes=["tools:documents"])
+    anonymous.post("/v1/chat/completions", json=CHAT,
+                   headers={**bearer(docs_only), "X-Request-ID": "audit-probe-403"})
+    deadline = time.monotonic() + 10
+    while "audit-probe-403" not in service.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    line = next(l for l in service.log().splitlines()
+                if "audit-probe-403" in l and '"openchat.audit"' in l)
+    record = json.loads(line[line.index("{"):])
+    assert record["status"] == 403 and record["key_id"] == denied["id"]
     log = service.log()
     assert ADMIN_KEY not in log and not any(s in log for s in SECRETS)
 

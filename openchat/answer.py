@@ -17,7 +17,7 @@ from openchat.errors import APIError
 from openchat.functions import ToolPlan
 from openchat.responses import FINISH_REASONS
 from openchat.structured import Constraint
-from openchat.toolcalls import ToolCallParser, check_calls
+from openchat.toolcalls import ControlCharEscaper, ToolCallParser, check_calls
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,9 @@ class Answer:
         self.plan = plan
         self.constraint = constraint
         self.parser = ToolCallParser() if plan is not None else None
+        # JSON answers: raw control characters the grammar let into strings get escaped.
+        json_kind = constraint is not None and constraint.kind.startswith("json")
+        self._escape = ControlCharEscaper() if json_kind else None
         # The whole text is only kept when something has to check it.
         self._keep_text = plan is not None or constraint is not None
         self.text = ""
@@ -37,6 +40,8 @@ class Answer:
 
     def feed(self, delta: str) -> list:
         """Events for one delta: ("text", s), ("call_start", i, id, name), ("arguments", i, s)."""
+        if self._escape is not None:
+            delta = self._escape(delta)
         if self._keep_text:
             self.text += delta
         if self.parser is None:
@@ -60,8 +65,10 @@ class Answer:
         return reason
 
     def content(self) -> str | None:
-        """With tools: the text outside call blocks (None if empty); else None, meaning the
-        answer's text is its content as it is."""
+        """With tools: the text outside call blocks (None if empty); JSON output: the
+        escaped text; else None, meaning the engine's text is the content as it is."""
+        if self._escape is not None:
+            return self.text
         if self.parser is None:
             return None
         return "".join(self._content) or None

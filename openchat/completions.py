@@ -40,6 +40,7 @@ async def text_completion(server, request: CompletionRequest):
             answer = Answer(state.index, constraint=constraint)
             answer.feed(state.text)
             state.finish_reason = answer.finish(state.finish_reason)
+            state.text = answer.content() or state.text  # JSON output comes out escaped
     choices = [
         (i * request.n + state.index, text if request.echo else "", state)
         for i, ((_, text), states) in enumerate(zip(prompts, collected))
@@ -79,13 +80,13 @@ async def _stream(server, request, request_id, prompts, params_list, constraint)
             if index not in answers:
                 answers[index] = Answer(index, constraint=constraint)
             answer = answers[index]
-            answer.feed(choice.text)
+            text = "".join(event[1] for event in answer.feed(choice.text))
             reason = None
             if choice.finish_reason is not None:
                 reason = answer.finish(choice.finish_reason)
-            if choice.text or reason or logprobs:
+            if text or reason or logprobs:
                 yield responses.completion_chunk(
-                    request_id, model, created, index, choice.text, reason, logprobs
+                    request_id, model, created, index, text, reason, logprobs
                 )
     if request.include_usage_in_stream:
         yield responses.completion_usage_chunk(

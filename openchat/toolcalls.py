@@ -22,12 +22,12 @@ def new_call_id() -> str:
     return f"call_{secrets.token_hex(12)}"
 
 
-class _ControlCharEscaper:
+class ControlCharEscaper:
     """Escapes raw control characters inside JSON strings, delta by delta.
 
-    xgrammar's structural tags let a byte-fallback token such as <0x1A> into a string that
-    has length bounds, although JSON forbids raw control characters there; clients'
-    strict parsers would then reject the arguments. Escaping them as \\u00XX keeps the
+    xgrammar lets a byte-fallback token such as <0x1A> into a string that has length
+    bounds (in structural tags and in plain JSON-schema output alike), although JSON
+    forbids raw control characters there; clients' strict parsers would then reject it. Escaping them as \\u00XX keeps the
     value (and its length) and makes the text strict JSON, identically for streamed and
     whole answers.
     """
@@ -61,7 +61,7 @@ class ToolCall:
     name: str
     arguments: str = ""
     complete: bool = False
-    escape: _ControlCharEscaper = field(default_factory=_ControlCharEscaper, repr=False)
+    escape: ControlCharEscaper = field(default_factory=ControlCharEscaper, repr=False)
 
 
 @dataclass

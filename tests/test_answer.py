@@ -44,3 +44,16 @@ def test_tool_answer_finishes_with_tool_calls_or_a_500():
     with pytest.raises(APIError) as excinfo:
         wrong.finish("stop")
     assert excinfo.value.code == "tool_call_invalid"
+
+
+def test_raw_control_characters_in_json_strings_come_out_escaped():
+    # xgrammar lets byte-fallback tokens such as <0x06> into length-bounded strings.
+    constraint = build_constraint(ResponseFormat(type="json_object"), None)
+    whole = Answer(0, constraint=constraint)
+    whole.feed('{"a":"x\x06y","b":"\\"\x1f"}')
+    assert whole.finish("stop") == "stop"
+    assert whole.content() == '{"a":"x\\u0006y","b":"\\"\\u001f"}'
+    streamed = Answer(1, constraint=constraint)
+    pieces = [streamed.feed(delta) for delta in ('{"a":"x', '\x06', 'y","b":"\\', '"\x1f"}')]
+    assert "".join(e[1] for events in pieces for e in events) == whole.content()
+    assert streamed.finish("stop") == "stop"

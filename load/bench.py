@@ -1,0 +1,554 @@
+"""Benchmark this service against raw vLLM on the same model, machine and load.
+
+Starts raw vLLM's OpenAI server, drives it, stops it; then starts this service
+(`bentoml serve service:OpenChat`), drives it with the same load, stops it; prints a
+markdown comparison, writes load/results.json and (when matplotlib or Pillow is
+importable) a PNG chart of p95 latency against request rate.
+
+Both targets get the same request: POST /v1/completions with the same token-id prompt
+(the OpenChat rendering of a short user turn), fixed max_tokens, ignore_eos=true and the
+same sampling, so both generate exactly the same number of tokens and neither applies a
+chat template. The dev model has no chat template, so /v1/chat/completions would not be
+comparable.
+
+Load:
+  * closed loop: N concurrent workers, each sending the next request as soon as the last
+    one ends (streaming, so the time to the first token is measured), for each level;
+  * open loop: requests started at a fixed rate regardless of completions (non-streaming,
+    max_tokens 32), for each rate; p95 latency per rate, and the highest rate whose p95
+    stays under the threshold.
+
+The load generator uses aiohttp, not httpx: on this machine httpx.AsyncClient received
+raw vLLM's SSE stream in one burst at the end of generation (the time to first token then
+equals the whole latency), while aiohttp, httpx's sync client and a bare asyncio socket all
+saw the tokens arrive one by one. httpx is only used for the readiness probe.
+
+Usage:  .venv/bin/python load/bench.py                 # defaults: ~10 minutes on 2 cores
+        .venv/bin/python load/bench.py --quick         # smoke run, ~3 minutes
+        .venv/bin/python load/bench.py --only service  # one target
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp  # a vLLM dependency; see the note on httpx below
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = ROOT / ".venv" / "bin"
+MODEL_ID = "openchat-3.5"
+
+# "GPT4 Correct User: <text><|end_of_turn|>GPT4 Correct Assistant:" rendered by the service's
+# /tokenize for a short general question; a fixed token-level prompt for both targets.
+DEFAULT_PROMPT_TEXT = "What are three good reasons to learn a second language?"
+
+
+# --------------------------------------------------------------------------------------
+# Servers
+
+
+def _cpu_bind() -> str:
+    """The same OpenMP binding the service computes (openchat/engine.py): the declared cpu
+    count (configuration.yaml: 4) capped by the host, minus one core for HTTP."""
+    sys.path.insert(0, str(ROOT))
+    from openchat.engine import cpu_thread_binding
+
+    return cpu_thread_binding(4, "auto")
+
+
+@dataclass
+class Target:
+    name: str
+    base_url: str
+    headers: dict
+    cmd: list[str]
+    env: dict
+    ready_path: str
+    log: Path
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.log, "wb")
+        self.proc = subprocess.Popen(
+            self.cmd, cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    async def wait_ready(self, timeout: float) -> float:
+        t0 = time.monotonic()
+        async with httpx.AsyncClient(timeout=5) as client:
+            while time.monotonic() - t0 < timeout:
+                if self.proc and self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log}")
+                try:
+                    r = await client.get(self.base_url + self.ready_path, headers=self.headers)
+                    if r.status_code == 200:
+                        return time.monotonic() - t0
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(1)
+        raise TimeoutError(f"{self.name} not ready after {timeout}s; see {self.log}")
+
+    def stop(self) -> None:
+        if not self.proc or self.proc.poll() is not None:
+            return
+        # The server was started in its own session: signal its process group only.
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+
+
+def make_targets(args, tmp: Path) -> dict[str, Target]:
+    bind = _cpu_bind()
+    base_env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1",
+                    VLLM_CPU_OMP_THREADS_BIND=bind, PYTHONUNBUFFERED="1")
+    vllm = Target(
+        name="raw vLLM",
+        base_url=f"http://127.0.0.1:{args.vllm_port}",
+        headers={},
+        cmd=[str(VENV_BIN / "python"), "-m", "vllm.entrypoints.openai.api_server",
+             "--model", args.model, "--served-model-name", MODEL_ID,
+             "--host", "127.0.0.1", "--port", str(args.vllm_port),
+             "--max-model-len", "8192", "--max-num-seqs", "64", "--dtype", "bfloat16",
+             "--seed", "0", "--enable-prefix-caching",
+             "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}'],
+        env=base_env,
+        ready_path="/health",
+        log=tmp / "vllm.log",
+    )
+    admin_key = "oc-bench-admin-key-0123456789abcdef"
+    svc_env = dict(
+        base_env,
+        OPENCHAT_MODEL=args.model,
+        OPENCHAT_ENGINE__CPU_KV_CACHE_GIB="1",
+        OPENCHAT_ADMIN_KEY=admin_key,
+        OPENCHAT_AUTH__DEFAULT_RPM="1000000",
+        OPENCHAT_AUTH__DEFAULT_TPM="1000000000",
+        OPENCHAT_AUTH__DEFAULT_MAX_CONCURRENCY="10000",
+        OPENCHAT_SQL__URL=f"sqlite:///{tmp}/shop.db",
+        OPENCHAT_DOCUMENTS__PATH=str(tmp / "chroma"),
+        OPENCHAT_AUTH__KEYS_URL=f"sqlite:///{tmp}/keys.db",
+        BENTOML_HOME=str(tmp / "bentoml"),
+    )
+    # The service sets the binding itself (same value); do not pre-empt it.
+    svc_env.pop("VLLM_CPU_OMP_THREADS_BIND", None)
+    svc_env.pop("VLLM_CPU_KVCACHE_SPACE", None)
+    service = Target(
+        name="service",
+        base_url=f"http://127.0.0.1:{args.service_port}",
+        headers={"Authorization": f"Bearer {admin_key}"},
+        cmd=[str(VENV_BIN / "bentoml"), "serve", "service:OpenChat",
+             "--host", "127.0.0.1", "--port", str(args.service_port)],
+        env=svc_env,
+        ready_path="/readyz",
+        log=tmp / "service.log",
+    )
+    return {"vllm": vllm, "service": service}
+
+
+# --------------------------------------------------------------------------------------
+# Load
+
+
+@dataclass
+class Sample:
+    ok: bool
+    latency: float
+    ttft: float | None = None
+    tokens: int = 0
+    status: int = 0
+    error: str = ""
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    if len(v) == 1:
+        return v[0]
+    k = (len(v) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+def body(prompt_ids: list[int], max_tokens: int, stream: bool, seed: int) -> dict:
+    b = {"model": MODEL_ID, "prompt": prompt_ids, "max_tokens": max_tokens,
+         "temperature": 0.7, "top_p": 0.95, "seed": seed, "ignore_eos": True,
+         "stream": stream}
+    if stream:
+        b["stream_options"] = {"include_usage": True}
+    return b
+
+
+async def one_request(client: aiohttp.ClientSession, t: Target, payload: dict) -> Sample:
+    t0 = time.perf_counter()
+    try:
+        async with client.post(t.base_url + "/v1/completions", json=payload,
+                               headers=t.headers) as r:
+            if r.status != 200:
+                text = await r.text()
+                return Sample(False, time.perf_counter() - t0, status=r.status, error=text[:200])
+            if not payload["stream"]:
+                data = await r.json()
+                return Sample(True, time.perf_counter() - t0, None,
+                              data["usage"]["completion_tokens"], 200)
+            ttft = None
+            tokens = 0
+            async for raw in r.content:  # one SSE line at a time, as it arrives
+                line = raw.decode().strip()
+                if not line.startswith("data: "):
+                    continue
+                data = line[6:]
+                if data == "[DONE]":
+                    break
+                ev = json.loads(data)
+                if "error" in ev:
+                    return Sample(False, time.perf_counter() - t0, status=200,
+                                  error=str(ev["error"])[:200])
+                if ttft is None and any(c.get("text") for c in ev.get("choices") or []):
+                    ttft = time.perf_counter() - t0
+                if ev.get("usage"):
+                    tokens = ev["usage"]["completion_tokens"]
+            return Sample(True, time.perf_counter() - t0, ttft, tokens, 200)
+    except Exception as exc:  # noqa: BLE001 - a failed request is a data point
+        return Sample(False, time.perf_counter() - t0, error=f"{type(exc).__name__}: {exc}"[:200])
+
+
+def _session(limit: int) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit),
+                                 timeout=aiohttp.ClientTimeout(total=120))
+
+
+def summarize(samples: list[Sample], wall: float) -> dict:
+    ok = [s for s in samples if s.ok]
+    lat = [s.latency for s in ok]
+    ttft = [s.ttft for s in ok if s.ttft is not None]
+    out_tokens = sum(s.tokens for s in ok)
+    errors = [s for s in samples if not s.ok]
+    return {
+        "requests": len(samples),
+        "ok": len(ok),
+        "errors": len(errors),
+        "error_examples": sorted({f"{e.status} {e.error}" for e in errors})[:3],
+        "wall_s": round(wall, 2),
+        "req_per_s": round(len(ok) / wall, 3) if wall else None,
+        "out_tok_per_s": round(out_tokens / wall, 1) if wall else None,
+        "lat_mean_ms": round(1000 * statistics.fmean(lat), 1) if lat else None,
+        "lat_p50_ms": round(1000 * pct(lat, 0.5), 1) if lat else None,
+        "lat_p95_ms": round(1000 * pct(lat, 0.95), 1) if lat else None,
+        "ttft_p50_ms": round(1000 * pct(ttft, 0.5), 1) if ttft else None,
+        "ttft_p95_ms": round(1000 * pct(ttft, 0.95), 1) if ttft else None,
+    }
+
+
+async def closed_loop(t: Target, prompt: list[int], concurrency: int, duration: float,
+                      max_tokens: int) -> dict:
+    samples: list[Sample] = []
+    async with _session(concurrency + 4) as client:
+        start = time.perf_counter()
+        deadline = start + duration
+        seq = iter(range(10**9))
+
+        async def worker():
+            while time.perf_counter() < deadline:
+                samples.append(await one_request(client, t, body(prompt, max_tokens, True, next(seq))))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    return summarize(samples, wall)
+
+
+async def open_loop(t: Target, prompt: list[int], rate: float, duration: float,
+                    max_tokens: int) -> dict:
+    n = max(1, int(rate * duration))
+    async with _session(512) as client:
+        start = time.perf_counter()
+        tasks = []
+        for i in range(n):
+            at = start + i / rate
+            delay = at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one_request(client, t, body(prompt, max_tokens, False, i))))
+        samples = await asyncio.gather(*tasks)
+        wall = time.perf_counter() - start
+    res = summarize(list(samples), wall)
+    res["offered_rate"] = rate
+    # Requests that had to be issued late mean the generator, not the server, fell behind.
+    return res
+
+
+async def warm_up(t: Target, prompt: list[int]) -> None:
+    async with _session(4) as client:
+        for stream in (False, True):
+            s = await one_request(client, t, body(prompt, 8, stream, 0))
+            if not s.ok:
+                raise RuntimeError(f"{t.name} warm-up failed: {s.status} {s.error}")
+
+
+async def run_target(t: Target, args, prompt: list[int]) -> dict:
+    print(f"== {t.name}: starting ({' '.join(t.cmd[:4])} ...)", flush=True)
+    t.start()
+    try:
+        startup = await t.wait_ready(args.startup_timeout)
+        print(f"   ready after {startup:.1f}s", flush=True)
+        await warm_up(t, prompt)
+        res = {"startup_s": round(startup, 1), "closed": {}, "open": {}}
+        for c in args.concurrency:
+            r = await closed_loop(t, prompt, c, args.closed_duration, args.closed_max_tokens)
+            res["closed"][str(c)] = r
+            print(f"   closed c={c}: {r['req_per_s']} req/s, {r['out_tok_per_s']} tok/s, "
+                  f"p50 {r['lat_p50_ms']} ms, p95 {r['lat_p95_ms']} ms, "
+                  f"TTFT p50 {r['ttft_p50_ms']} ms, errors {r['errors']}", flush=True)
+        for rate in args.rates:
+            r = await open_loop(t, prompt, rate, args.open_duration, args.open_max_tokens)
+            res["open"][str(rate)] = r
+            print(f"   open {rate} req/s: achieved {r['req_per_s']}, p50 {r['lat_p50_ms']} ms, "
+                  f"p95 {r['lat_p95_ms']} ms, errors {r['errors']}", flush=True)
+            await asyncio.sleep(2)  # let queues drain between rates
+        return res
+    finally:
+        t.stop()
+        print(f"   {t.name} stopped", flush=True)
+
+
+# --------------------------------------------------------------------------------------
+# Report
+
+
+def highest_ok_rate(open_res: dict, threshold_ms: float) -> float | None:
+    best = None
+    for rate, r in sorted(open_res.items(), key=lambda kv: float(kv[0])):
+        if r["errors"] == 0 and r["lat_p95_ms"] is not None and r["lat_p95_ms"] < threshold_ms:
+            best = float(rate)
+        else:
+            break  # the first rate over the threshold ends the sweep's usable range
+    return best
+
+
+def _ratio(a, b):
+    return f"{a / b:.2f}" if a and b else "-"
+
+
+def report(results: dict, args) -> str:
+    v, s = results.get("vllm"), results.get("service")
+    lines = []
+    if v and s:
+        lines.append("### Closed loop (streaming /v1/completions, "
+                     f"{args.closed_max_tokens} tokens out, {args.closed_duration:.0f} s per level)\n")
+        lines.append("| concurrency | metric | raw vLLM | service | service / vLLM |")
+        lines.append("|---:|---|---:|---:|---:|")
+        metrics = [("req_per_s", "requests/s"), ("out_tok_per_s", "output tokens/s"),
+                   ("lat_p50_ms", "latency p50 (ms)"), ("lat_p95_ms", "latency p95 (ms)"),
+                   ("ttft_p50_ms", "TTFT p50 (ms)"), ("ttft_p95_ms", "TTFT p95 (ms)"),
+                   ("errors", "errors")]
+        for c in args.concurrency:
+            rv, rs = v["closed"][str(c)], s["closed"][str(c)]
+            for key, label in metrics:
+                lines.append(f"| {c} | {label} | {rv[key]} | {rs[key]} | "
+                             f"{_ratio(rs[key], rv[key]) if key != 'errors' else ''} |")
+        lines.append("")
+        lines.append("### Open loop (non-streaming /v1/completions, "
+                     f"{args.open_max_tokens} tokens out, {args.open_duration:.0f} s per rate)\n")
+        lines.append("| offered req/s | vLLM achieved | vLLM p50 ms | vLLM p95 ms | vLLM err "
+                     "| service achieved | service p50 ms | service p95 ms | service err | p95 ratio |")
+        lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for rate in args.rates:
+            rv, rs = v["open"][str(rate)], s["open"][str(rate)]
+            lines.append(f"| {rate:g} | {rv['req_per_s']} | {rv['lat_p50_ms']} | {rv['lat_p95_ms']} | "
+                         f"{rv['errors']} | {rs['req_per_s']} | {rs['lat_p50_ms']} | "
+                         f"{rs['lat_p95_ms']} | {rs['errors']} | "
+                         f"{_ratio(rs['lat_p95_ms'], rv['lat_p95_ms'])} |")
+        lines.append("")
+        lines.append(f"Highest offered rate with p95 < {args.p95_threshold_ms:g} ms (and no errors): "
+                     f"raw vLLM {results['highest_ok_rate'].get('vllm')} req/s, "
+                     f"service {results['highest_ok_rate'].get('service')} req/s.")
+        lines.append(f"Startup to ready: raw vLLM {v['startup_s']} s, service {s['startup_s']} s.")
+    else:
+        for name, r in results.items():
+            if name in ("vllm", "service"):
+                lines.append(f"{name}: {json.dumps(r, indent=1)}")
+    return "\n".join(lines)
+
+
+def chart(results: dict, args, path: Path) -> str | None:
+    series = {}
+    for key, label in (("vllm", "raw vLLM"), ("service", "service")):
+        if key in results:
+            pts = [(float(r), results[key]["open"][r]["lat_p95_ms"]) for r in results[key]["open"]]
+            series[label] = [(x, y) for x, y in sorted(pts) if y is not None]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for label, pts in series.items():
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        ax.axhline(args.p95_threshold_ms, ls="--", color="grey")
+        ax.set_xlabel("offered request rate (req/s)")
+        ax.set_ylabel("p95 latency (ms)")
+        ax.legend()
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        return "matplotlib"
+    except ImportError:
+        pass
+    try:
+        from PIL import Image, ImageDraw, ImageFont
+    except ImportError:
+        return None
+    W, H, L, R, T, B = 760, 480, 80, 30, 40, 60
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    xs = [x for pts in series.values() for x, _ in pts] or [1]
+    ys = [y for pts in series.values() for _, y in pts] + [args.p95_threshold_ms]
+    xmax = max(xs) * 1.05
+    ymax = max(ys) * 1.1
+    log_y = ymax / max(1.0, min(ys)) > 30  # latency past saturation explodes: use a log axis
+
+    import math
+
+    ymin = max(1.0, min(ys) / 1.5) if log_y else 0.0
+
+    def px(x, y):
+        fx = x / xmax
+        if log_y:
+            fy = (math.log10(max(y, ymin)) - math.log10(ymin)) / (math.log10(ymax) - math.log10(ymin))
+        else:
+            fy = y / ymax
+        return L + fx * (W - L - R), H - B - fy * (H - T - B)
+
+    d.rectangle([L, T, W - R, H - B], outline="black")
+    # y ticks
+    if log_y:
+        ticks = [10**e * m for e in range(0, 7) for m in (1, 2, 5) if ymin <= 10**e * m <= ymax]
+    else:
+        step = 10 ** math.floor(math.log10(ymax / 5)) if ymax > 0 else 1
+        step = next(s * step for s in (1, 2, 5, 10) if ymax / (s * step) <= 8)
+        ticks = [i * step for i in range(0, int(ymax / step) + 1)]
+    for ty in ticks:
+        _, y = px(0, ty)
+        d.line([L - 4, y, L, y], fill="black")
+        d.line([L, y, W - R, y], fill=(230, 230, 230))
+        d.text((L - 8, y - 6), f"{ty:g}", fill="black", font=font, anchor="ra")
+    for tx in sorted({x for x in xs}):
+        x, _ = px(tx, ymin if log_y else 0)
+        d.line([x, H - B, x, H - B + 4], fill="black")
+        d.text((x - 4, H - B + 8), f"{tx:g}", fill="black", font=font)
+    # threshold
+    _, ty = px(0, args.p95_threshold_ms)
+    for x0 in range(L, W - R, 12):
+        d.line([x0, ty, min(x0 + 6, W - R), ty], fill=(120, 120, 120))
+    d.text((W - R - 150, ty - 14), f"p95 = {args.p95_threshold_ms:g} ms", fill=(90, 90, 90), font=font)
+    colors = {"raw vLLM": (31, 119, 180), "service": (214, 39, 40)}
+    for i, (label, pts) in enumerate(series.items()):
+        c = colors.get(label, (0, 0, 0))
+        xy = [px(x, y) for x, y in pts]
+        if len(xy) > 1:
+            d.line(xy, fill=c, width=2)
+        for x, y in xy:
+            d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=c)
+        d.rectangle([L + 12, T + 10 + 16 * i, L + 24, T + 20 + 16 * i], fill=c)
+        d.text((L + 30, T + 9 + 16 * i), label, fill="black", font=font)
+    d.text((W // 2 - 80, H - 25), "offered request rate (req/s)", fill="black", font=font)
+    d.text((10, 10), "p95 latency (ms)" + (", log scale" if log_y else ""), fill="black", font=font)
+    img.save(path)
+    return "Pillow"
+
+
+async def get_prompt_ids(text: str) -> list[int]:
+    """The service's rendering of one user turn (GPT4 Correct), computed offline with the
+    service's own renderer so both targets get identical token ids."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(ROOT / ".models" / "openchat-dev"))
+        ids = tok.encode(f"GPT4 Correct User: {text}<|end_of_turn|>GPT4 Correct Assistant:",
+                         add_special_tokens=True)
+        return list(ids)
+    except Exception as exc:  # noqa: BLE001
+        raise SystemExit(f"cannot tokenize the prompt: {exc}") from None
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=".models/openchat-dev")
+    p.add_argument("--only", choices=["vllm", "service"], action="append")
+    p.add_argument("--vllm-port", type=int, default=18431)
+    p.add_argument("--service-port", type=int, default=18432)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--closed-duration", type=float, default=20)
+    p.add_argument("--closed-max-tokens", type=int, default=64)
+    p.add_argument("--rates", type=float, nargs="+", default=[1, 2, 4, 6, 8, 10])
+    p.add_argument("--open-duration", type=float, default=15)
+    p.add_argument("--open-max-tokens", type=int, default=32)
+    p.add_argument("--p95-threshold-ms", type=float, default=800)
+    p.add_argument("--startup-timeout", type=float, default=300)
+    p.add_argument("--prompt", default=DEFAULT_PROMPT_TEXT)
+    p.add_argument("--out", default=str(ROOT / "load" / "results.json"))
+    p.add_argument("--chart", default=str(ROOT / "docs" / "benchmarks-latency.png"))
+    p.add_argument("--quick", action="store_true", help="c=1,4; rates 1,4,8; 8 s each")
+    args = p.parse_args()
+    if args.quick:
+        args.concurrency, args.closed_duration = [1, 4], 8
+        args.rates, args.open_duration = [1, 4, 8], 8
+
+    prompt = asyncio.run(get_prompt_ids(args.prompt))
+    tmp = Path(tempfile.mkdtemp(prefix="openchat-bench-"))
+    targets = make_targets(args, tmp)
+    order = args.only or ["vllm", "service"]
+    results: dict = {
+        "config": {k: v for k, v in vars(args).items()},
+        "prompt_tokens": len(prompt),
+        "machine": {"cpus": len(os.sched_getaffinity(0)), "omp_bind": _cpu_bind()},
+        "logs": str(tmp),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+    def _stop_all(*_):
+        for t in targets.values():
+            t.stop()
+        raise SystemExit(130)
+
+    signal.signal(signal.SIGTERM, _stop_all)
+    try:
+        for name in order:
+            results[name] = asyncio.run(run_target(targets[name], args, prompt))
+    finally:
+        for t in targets.values():
+            t.stop()
+    results["highest_ok_rate"] = {
+        n: highest_ok_rate(results[n]["open"], args.p95_threshold_ms) for n in order
+    }
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    text = report(results, args)
+    print()
+    print(text)
+    how = chart(results, args, Path(args.chart))
+    print(f"\nresults: {args.out}; chart: {args.chart if how else 'not drawn (no plotting library)'}"
+          f"{f' ({how})' if how else ''}; server logs: {tmp}")
+
+
+if __name__ == "__main__":
+    main()

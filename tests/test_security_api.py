@@ -236,16 +236,21 @@ def test_malformed_json_and_bad_utf8_are_400(http):
 
 # -- audit ----------------------------------------------------------------------------------
 
+def _audit_record(service, request_id: str) -> dict:
+    """The audit line of one request, once the service has logged it."""
+    deadline = time.monotonic() + 10
+    while request_id not in service.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    line = next(l for l in service.log().splitlines()
+                if request_id in l and '"openchat.audit"' in l)
+    return json.loads(line[line.index("{"):])
+
+
 def test_audit_log_names_the_key_never_the_secret(service, http, anonymous):
     secret, created = make_key(http)
     anonymous.post("/v1/chat/completions", json={**CHAT, "max_tokens": 3},
                    headers={**bearer(secret), "X-Request-ID": "audit-probe-1"})
-    deadline = time.monotonic() + 10
-    while "audit-probe-1" not in service.log() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    line = next(l for l in service.log().splitlines()
-                if "audit-probe-1" in l and '"openchat.audit"' in l)
-    record = json.loads(line[line.index("{"):])
+    record = _audit_record(service, "audit-probe-1")
     assert record["key_id"] == created["id"] and record["key_name"] == created["name"]
     assert record["status"] == 200 and record["path"] == "/v1/chat/completions"
     assert record["prompt_tokens"] == 17 and 1 <= record["completion_tokens"] <= 3
@@ -253,12 +258,7 @@ def test_audit_log_names_the_key_never_the_secret(service, http, anonymous):
     docs_only, denied = make_key(http, scopes=["tools:documents"])
     anonymous.post("/v1/chat/completions", json=CHAT,
                    headers={**bearer(docs_only), "X-Request-ID": "audit-probe-403"})
-    deadline = time.monotonic() + 10
-    while "audit-probe-403" not in service.log() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    line = next(l for l in service.log().splitlines()
-                if "audit-probe-403" in l and '"openchat.audit"' in l)
-    record = json.loads(line[line.index("{"):])
+    record = _audit_record(service, "audit-probe-403")
     assert record["status"] == 403 and record["key_id"] == denied["id"]
     log = service.log()
     assert ADMIN_KEY not in log and not any(s in log for s in SECRETS)

@@ -10,6 +10,7 @@ compile gives a 400 naming the offending part.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -126,12 +127,28 @@ def _walk(schema: Any, path: str) -> None:
             _walk(value, where)
 
 
+# Checks and compiled grammars are kept per distinct schema or grammar text: clients send
+# the same one with every request, and checking it again (meta-schema validation, an
+# xgrammar compile) cost more than all the rest of our work on the request. Longer texts
+# are checked every time rather than kept; errors (raised) are never kept.
+_CACHED_TEXT_CHARS = 65_536
+_CACHED_ITEMS = 256
+
+
 def check_json_schema(schema: dict[str, Any], param: str) -> Any:
     """400 unless `schema` is valid JSON Schema the decoder fully enforces; returns the
-    jsonschema validator used to check answers."""
+    jsonschema validator used to check answers (shared by requests with the same schema:
+    validators keep no state between calls)."""
+    text = json.dumps(schema)
+    check = _check_schema_cached if len(text) <= _CACHED_TEXT_CHARS else _check_schema
+    return check(text, param)
+
+
+def _check_schema(text: str, param: str) -> Any:
     import jsonschema
     import xgrammar
 
+    schema = json.loads(text)
     validator_cls = jsonschema.validators.validator_for(schema, jsonschema.Draft202012Validator)
     try:
         validator_cls.check_schema(schema)
@@ -141,7 +158,7 @@ def check_json_schema(schema: dict[str, Any], param: str) -> Any:
                        code="invalid_json_schema") from None
     _walk(schema, param)
     try:
-        xgrammar.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False)
+        xgrammar.Grammar.from_json_schema(text, any_whitespace=False)
     except Exception as exc:
         raise APIError(f"{param}: the schema cannot be compiled: {_clean(exc)}",
                        param=param, code="unsupported_json_schema") from None
@@ -221,6 +238,11 @@ def _grammar_validator(grammar) -> Callable[[str], str | None]:
 
 
 def _compile(kind: str, source: str, param: str):
+    compile_ = _compile_cached if len(source) <= _CACHED_TEXT_CHARS else _compile_grammar
+    return compile_(kind, source, param)
+
+
+def _compile_grammar(kind: str, source: str, param: str):
     import xgrammar
 
     try:
@@ -230,6 +252,10 @@ def _compile(kind: str, source: str, param: str):
     except Exception as exc:
         raise APIError(f"{param}: invalid {kind}: {_clean(exc)}", param=param,
                        code=f"invalid_{kind}") from None
+
+
+_check_schema_cached = functools.lru_cache(maxsize=_CACHED_ITEMS)(_check_schema)
+_compile_cached = functools.lru_cache(maxsize=_CACHED_ITEMS)(_compile_grammar)
 
 
 def schema_instruction(schema: dict[str, Any] | None) -> str:

@@ -10,21 +10,35 @@ content chunk) and "chat stream whole" (until [DONE]); locust's own POST entry f
 at the response headers. Each request checks the response's shape, so a 200 with
 a broken body still counts as a failure.
 
-Environment: OPENCHAT_API_KEY (default: the development admin key of `make serve`),
-OPENCHAT_LOAD_MODEL (default openchat-3.5).
+Environment: OPENCHAT_API_KEY (default: the development admin key of `make serve`; several
+keys separated by commas are shared out among the users in turn), OPENCHAT_LOAD_MODEL
+(default openchat-3.5), OPENCHAT_LOAD_TIMEOUT (seconds without a byte from the server
+before a request counts as failed, default 120).
+
+Tight-key users (load/soak.py): with OPENCHAT_TIGHT_API_KEY set, OPENCHAT_TIGHT_USERS
+(default 2) extra users send short chats back to back with that key, which has a deliberately
+low rpm and concurrency. Their 429s are expected: each one is checked (OpenAI error shape,
+code rate_limit_exceeded, Retry-After on request-rate refusals) and counted as a success
+under "tight 429 (expected)"; anything else but a valid 200 is a failure. Without the
+variable the class is abstract and locust never starts it.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
 import time
 
-from locust import HttpUser, between, events, task
+from locust import HttpUser, between, constant, events, task
 
-API_KEY = os.environ.get("OPENCHAT_API_KEY", "oc-dev-admin-key-for-local-use-only")
+API_KEYS = os.environ.get("OPENCHAT_API_KEY", "oc-dev-admin-key-for-local-use-only").split(",")
 MODEL = os.environ.get("OPENCHAT_LOAD_MODEL", "openchat-3.5")
+TIMEOUT = float(os.environ.get("OPENCHAT_LOAD_TIMEOUT", "120"))
+TIGHT_API_KEY = os.environ.get("OPENCHAT_TIGHT_API_KEY", "")
+TIGHT_USERS = int(os.environ.get("OPENCHAT_TIGHT_USERS", "2"))
+EXPECTED_429 = "tight 429 (expected)"
 
 SHORT_QUESTIONS = [
     "What is the capital of Australia?",
@@ -82,18 +96,29 @@ WEATHER_TOOL = {
 }
 
 
+def _problem(r) -> str:
+    """Why a response that is not a 200 failed: the transport error, or status and body."""
+    if r.error is not None and not r.status_code:
+        return f"{type(r.error).__name__}: {str(r.error)[:160]}"
+    return f"{r.status_code}: {r.text[:200]}"
+
+
+_next_key = itertools.count()
+
+
 class ChatUser(HttpUser):
     wait_time = between(0.5, 2.0)
 
     def on_start(self):
-        self.client.headers.update({"Authorization": f"Bearer {API_KEY}"})
+        key = API_KEYS[next(_next_key) % len(API_KEYS)].strip()
+        self.client.headers.update({"Authorization": f"Bearer {key}"})
 
     def _chat(self, name: str, payload: dict, check) -> None:
         payload = {"model": MODEL, **payload}
         with self.client.post("/v1/chat/completions", json=payload, name=name,
-                              catch_response=True) as r:
+                              timeout=TIMEOUT, catch_response=True) as r:
             if r.status_code != 200:
-                r.failure(f"{r.status_code}: {r.text[:200]}")
+                r.failure(_problem(r))
                 return
             try:
                 problem = check(r.json())
@@ -175,9 +200,9 @@ class ChatUser(HttpUser):
         chunks = 0
         done = False
         with self.client.post("/v1/chat/completions", json=payload, name="chat stream",
-                              stream=True, catch_response=True) as r:
+                              stream=True, timeout=TIMEOUT, catch_response=True) as r:
             if r.status_code != 200:
-                r.failure(f"{r.status_code}: {r.text[:200]}")
+                r.failure(_problem(r))
                 return
             try:
                 for line in r.iter_lines(decode_unicode=True):
@@ -212,3 +237,44 @@ class ChatUser(HttpUser):
             events.request.fire(request_type="STREAM", name="chat stream TTFB",
                                 response_time=ttfb * 1000, response_length=chunks,
                                 exception=None, context={})
+
+
+class TightKeyUser(HttpUser):
+    """Short chats back to back with a key whose limits they must run into."""
+
+    abstract = not TIGHT_API_KEY
+    fixed_count = TIGHT_USERS
+    wait_time = constant(1.0)
+
+    def on_start(self):
+        self.client.headers.update({"Authorization": f"Bearer {TIGHT_API_KEY}"})
+
+    @task
+    def tight_chat(self):
+        payload = {"model": MODEL, "max_tokens": 8,
+                   "messages": [{"role": "user", "content": random.choice(SHORT_QUESTIONS)}]}
+        with self.client.post("/v1/chat/completions", json=payload, name="tight chat",
+                              timeout=TIMEOUT, catch_response=True) as r:
+            try:
+                problem = self._check(r)
+            except Exception as exc:  # noqa: BLE001 - any malformed body is a failure
+                problem = f"{type(exc).__name__}: {exc}"
+            if problem:
+                r.failure(problem)
+                return
+            if r.status_code == 429:
+                r.request_meta["name"] = EXPECTED_429
+            r.success()
+
+    @staticmethod
+    def _check(r) -> str | None:
+        if r.status_code == 200:
+            return ChatUser._has_text(r.json())
+        if r.status_code != 429:
+            return _problem(r)
+        error = r.json()["error"]
+        if error.get("code") != "rate_limit_exceeded":
+            return f"429 without code rate_limit_exceeded: {r.text[:200]}"
+        if error.get("type") == "requests" and not r.headers.get("retry-after"):
+            return "429 (requests) without Retry-After"
+        return None

@@ -1,7 +1,9 @@
 """Response builders: vLLM outputs -> the `openai` package's own response types.
 
-Building the official types (ChatCompletion, ChatCompletionChunk, Completion) keeps every
-shape exactly what OpenAI clients parse; `as_json` dumps only the fields we set.
+Building the official types (ChatCompletion, Completion) keeps every shape exactly what
+OpenAI clients parse; `as_json` dumps only the fields we set. Stream chunks, built once
+per token, are dicts of the same shape as the dumped ChatCompletionChunk and Completion
+(tests/test_responses.py holds them to it).
 """
 
 from __future__ import annotations
@@ -13,18 +15,11 @@ from typing import Any
 from openai.types import Completion, CompletionChoice, CompletionUsage
 from openai.types.chat import (
     ChatCompletion,
-    ChatCompletionChunk,
     ChatCompletionMessage,
     ChatCompletionMessageFunctionToolCall,
     ChatCompletionTokenLogprob,
 )
 from openai.types.chat.chat_completion import Choice, ChoiceLogprobs
-from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
-from openai.types.chat.chat_completion_chunk import (
-    ChoiceDelta,
-    ChoiceDeltaToolCall,
-    ChoiceDeltaToolCallFunction,
-)
 from openai.types.chat.chat_completion_message_function_tool_call import Function
 from openai.types.chat.chat_completion_token_logprob import TopLogprob
 from openai.types.completion_choice import Logprobs
@@ -167,7 +162,12 @@ def _message(choice: ChoiceState) -> ChatCompletionMessage:
 
 class ChatChunker:
     """Builds the chunks of one streamed chat completion, in OpenAI's order: a role chunk
-    per choice, content deltas, a finish chunk per choice, then an optional usage chunk."""
+    per choice, content deltas, a finish chunk per choice, then an optional usage chunk.
+
+    Chunks are plain dicts with exactly the keys, in the order, of the `openai` package's
+    ChatCompletionChunk dumped by `as_json`: one is built per generated token, and building
+    and dumping the pydantic model cost more than all the rest of our work on the token.
+    """
 
     def __init__(self, request_id: str, model: str, include_usage: bool):
         self.request_id = request_id
@@ -175,53 +175,53 @@ class ChatChunker:
         self.created = int(time.time())
         self.include_usage = include_usage
 
-    def _chunk(self, choices: list[ChunkChoice], **extra) -> dict[str, Any]:
-        chunk = ChatCompletionChunk(
-            id=self.request_id, object="chat.completion.chunk", created=self.created,
-            model=self.model, choices=choices, **extra,
-        )
+    def _chunk(self, choices: list[dict[str, Any]], **extra) -> dict[str, Any]:
+        chunk = {"id": self.request_id, "choices": choices, "created": self.created,
+                 "model": self.model, "object": "chat.completion.chunk"}
         if self.include_usage and "usage" not in extra:
-            chunk.usage = None
-        return as_json(chunk)
+            chunk["usage"] = None
+        chunk.update(extra)
+        return chunk
+
+    def _delta(self, index: int, delta: dict[str, Any], finish_reason: str | None = None,
+               logprobs: ChoiceLogprobs | None = None) -> dict[str, Any]:
+        choice = {"delta": delta, "index": index, "finish_reason": finish_reason}
+        if logprobs is not None:
+            choice["logprobs"] = as_json(logprobs)
+        return self._chunk([choice])
 
     def role(self, index: int) -> dict[str, Any]:
-        delta = ChoiceDelta(role="assistant", content="")
-        return self._chunk([ChunkChoice(index=index, delta=delta, finish_reason=None)])
+        return self._delta(index, {"content": "", "role": "assistant"})
 
     def content(self, index: int, text: str, logprobs: ChoiceLogprobs | None) -> dict[str, Any]:
-        choice = ChunkChoice(index=index, delta=ChoiceDelta(content=text), finish_reason=None)
-        if logprobs is not None:
-            choice.logprobs = logprobs
-        return self._chunk([choice])
+        return self._delta(index, {"content": text}, logprobs=logprobs)
 
     def tool_call_start(self, index: int, call_index: int, call_id: str, name: str):
         """OpenAI's first delta of a call: index, id, type and name, empty arguments."""
-        call = ChoiceDeltaToolCall(
-            index=call_index, id=call_id, type="function",
-            function=ChoiceDeltaToolCallFunction(name=name, arguments=""),
-        )
-        delta = ChoiceDelta(tool_calls=[call])
-        return self._chunk([ChunkChoice(index=index, delta=delta, finish_reason=None)])
+        call = {"index": call_index, "id": call_id,
+                "function": {"arguments": "", "name": name}, "type": "function"}
+        return self._delta(index, {"tool_calls": [call]})
 
     def tool_call_arguments(self, index: int, call_index: int, fragment: str):
-        call = ChoiceDeltaToolCall(
-            index=call_index, function=ChoiceDeltaToolCallFunction(arguments=fragment)
-        )
-        delta = ChoiceDelta(tool_calls=[call])
-        return self._chunk([ChunkChoice(index=index, delta=delta, finish_reason=None)])
+        call = {"index": call_index, "function": {"arguments": fragment}}
+        return self._delta(index, {"tool_calls": [call]})
 
     def finish(self, index: int, finish_reason: str) -> dict[str, Any]:
-        return self._chunk(
-            [ChunkChoice(index=index, delta=ChoiceDelta(), finish_reason=finish_reason)]
-        )
+        return self._delta(index, {}, finish_reason)
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-        return self._chunk([], usage=usage(prompt_tokens, completion_tokens))
+        return self._chunk([], usage=_usage_json(prompt_tokens, completion_tokens))
 
     def server_tool_call(self, entry: dict[str, Any]) -> dict[str, Any]:
         """Progress of a server-side tool (an extension): a chunk with no choices, like
         the usage chunk, so OpenAI clients pass it by."""
         return self._chunk([], server_tool_call=entry)
+
+
+def _usage_json(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """`as_json(usage(...))`, without the model."""
+    return {"completion_tokens": completion_tokens, "prompt_tokens": prompt_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
 
 
 # -- legacy completions -------------------------------------------------------------------
@@ -254,25 +254,18 @@ def completion_chunk(
     request_id: str, model: str, created: int, index: int, text: str,
     finish_reason: str | None = None, logprobs: Logprobs | None = None,
 ) -> dict[str, Any]:
-    # Stream chunks carry finish_reason null until the end, which CompletionChoice's
-    # type (meant for whole responses) does not admit; build it unvalidated.
-    choice = CompletionChoice.model_construct(
-        index=index, text=text, finish_reason=finish_reason, logprobs=logprobs
-    )
-    return as_json(
-        Completion.model_construct(
-            id=request_id, object="text_completion", created=created, model=model,
-            choices=[choice],
-        )
-    )
+    """A streamed Completion as `as_json` dumps it, built as a dict (one per token; see
+    ChatChunker). Stream chunks carry finish_reason null until the end, which
+    CompletionChoice's type (meant for whole responses) does not admit anyway."""
+    choice = {"finish_reason": finish_reason, "index": index,
+              "logprobs": as_json(logprobs) if logprobs is not None else None, "text": text}
+    return {"id": request_id, "choices": [choice], "created": created, "model": model,
+            "object": "text_completion"}
 
 
 def completion_usage_chunk(
     request_id: str, model: str, created: int, prompt_tokens: int, completion_tokens: int
 ) -> dict[str, Any]:
-    return as_json(
-        Completion(
-            id=request_id, object="text_completion", created=created, model=model,
-            choices=[], usage=usage(prompt_tokens, completion_tokens),
-        )
-    )
+    return {"id": request_id, "choices": [], "created": created, "model": model,
+            "object": "text_completion",
+            "usage": _usage_json(prompt_tokens, completion_tokens)}

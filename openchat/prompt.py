@@ -11,6 +11,7 @@ tokenizing once gives different ids, so this module never does that.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
@@ -104,12 +105,43 @@ def find_tokenizer_model(source: str) -> Path:
     return fallback
 
 
+class PieceCache:
+    """Token ids of recently tokenized prompt pieces (message contents, system blocks).
+
+    A chat client sends the whole conversation again with every turn, so all but the
+    newest message were tokenized for the previous turn already; with a long history that
+    re-tokenizing was the largest cost of our own per request. Least recently used pieces
+    go first once the cache holds `max_tokens` ids. The lists handed out are shared:
+    callers must not change them.
+    """
+
+    def __init__(self, encode, max_tokens: int = 500_000):
+        self._encode = encode
+        self._pieces: OrderedDict[str, list[int]] = OrderedDict()
+        self._tokens = 0
+        self.max_tokens = max_tokens
+
+    def __call__(self, text: str) -> list[int]:
+        ids = self._pieces.get(text)
+        if ids is not None:
+            self._pieces.move_to_end(text)
+            return ids
+        ids = self._encode(text)
+        if len(ids) <= self.max_tokens:
+            self._pieces[text] = ids
+            self._tokens += len(ids)
+            while self._tokens > self.max_tokens:
+                self._tokens -= len(self._pieces.popitem(last=False)[1])
+        return ids
+
+
 class OpenChatTemplate:
     """Renders conversations and raw prompts to token ids."""
 
     def __init__(self, tokenizer: OpenChatTokenizer):
         self.tokenizer = tokenizer
         self._prefix_cache: dict[tuple[str, str], list[int]] = {}
+        self._encode_piece = PieceCache(tokenizer.encode)
 
     def role_prefix(self, condition: str, role: str) -> list[int]:
         """Token ids of e.g. "GPT4 Correct User:" (cached: they are on every request)."""
@@ -126,7 +158,7 @@ class OpenChatTemplate:
         System turns are joined into the one system block OpenChat knows. When the last
         turn is the assistant's, it is left open so the model continues it.
         """
-        encode = self.tokenizer.encode
+        encode = self._encode_piece
         ids = [BOS_ID]
         system = "\n\n".join(t.content for t in turns if t.role == "system")
         if system:

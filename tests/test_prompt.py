@@ -10,6 +10,7 @@ from openchat.prompt import (
     END_OF_TURN_ID,
     OpenChatTemplate,
     OpenChatTokenizer,
+    PieceCache,
     Turn,
 )
 from tests.conftest import REFERENCE_HI_IDS
@@ -91,3 +92,32 @@ def test_decode_handles_added_tokens(template):
     assert tokenizer.decode([15359, END_OF_TURN_ID], skip_special_tokens=False) == (
         "Hi<|end_of_turn|>"
     )
+
+
+def test_a_resent_history_renders_the_same_ids_from_the_cache(template):
+    turns = [Turn("system", "Be brief."), Turn("user", "Hi"), Turn("assistant", "Hello!"),
+             Turn("user", "Name three rivers.")]
+    fresh = OpenChatTemplate(template.tokenizer)
+    first = fresh.render_chat(turns, "GPT4 Correct")
+    again = fresh.render_chat(turns, "GPT4 Correct")
+    assert first == again == template.render_chat(turns, "GPT4 Correct")
+    assert again is not first  # each render is a new list: the cached pieces stay intact
+
+
+def test_piece_cache_keeps_at_most_its_token_budget():
+    calls = []
+
+    def encode(text):
+        calls.append(text)
+        return [len(text)] * len(text)
+
+    cache = PieceCache(encode, max_tokens=10)
+    assert cache("abcd") == [4] * 4 and cache("abcd") == [4] * 4
+    assert calls == ["abcd"]
+    cache("efghij")  # 4 + 6 = 10 tokens: both kept
+    cache("abcd")  # now the most recently used
+    cache("kl")  # over budget: "efghij", the least recently used, goes
+    cache("abcd")
+    cache("efghij")
+    assert calls == ["abcd", "efghij", "kl", "efghij"]
+    assert cache("x" * 11) == [11] * 11  # larger than the budget: encoded, never kept

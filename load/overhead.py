@@ -19,6 +19,8 @@ Paths (short answers: max_tokens 16 and ignore_eos where allowed):
 
 Usage:  .venv/bin/python load/overhead.py                     # 60 requests per path
         .venv/bin/python load/overhead.py -n 30 --paths chat chat_stream
+        .venv/bin/python load/overhead.py --vllm    # and raw `vllm serve` on the
+              # completion paths: its API server process is the floor for ours
         .venv/bin/python load/overhead.py --profile /tmp/worker.speedscope.json
               # py-spy (`pip install py-spy`) records the worker during one more round
               # of all paths; open the file at https://www.speedscope.app
@@ -63,6 +65,10 @@ def history(turns: int = 12) -> list[dict]:
         messages.append({"role": "assistant", "content": f"Noted point {i}. {text}"})
     messages[-1] = {"role": "user", "content": "Which offer should we take, and why?"}
     return messages
+
+
+# Paths raw vLLM serves identically (the dev model has no chat template for its chat route).
+RAW_PATHS = ("completion_ids", "completion_ids_stream")
 
 
 def payloads(prompt_ids: list[int]) -> dict[str, tuple[str, dict]]:
@@ -221,6 +227,11 @@ def table(results: dict) -> str:
                      f"{r['worker_cpu_ms_per_req']} | {r['worker_system_ms_per_req']} | "
                      f"{r['engine_cpu_ms_per_req']} | "
                      f"{r['wall_p50_ms']} | {r['completion_tokens_mean']} |")
+    for name, r in results.get("raw_vllm", {}).get("paths", {}).items():
+        lines.append(f"| {name} (raw vLLM) | {r['requests']} | {r['errors']} | "
+                     f"{r['worker_cpu_ms_per_req']} | {r['worker_system_ms_per_req']} | "
+                     f"{r['engine_cpu_ms_per_req']} | {r['wall_p50_ms']} | "
+                     f"{r['completion_tokens_mean']} |")
     lines.append("")
     threads = ", ".join(f"{k} {v}" for k, v in results["worker_threads_cpu_ms_per_req"].items())
     lines.append(f"Worker CPU by thread, ms per request over all paths: {threads}.")
@@ -230,7 +241,7 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-async def run(args, target, prompt_ids) -> dict:
+async def run(args, target, prompt_ids, paths: list[str]) -> dict:
     startup = await target.wait_ready(args.startup_timeout)
     worker, engine = find_worker(target.proc.pid)
     print(f"ready after {startup:.0f} s; worker pid {worker.pid}, EngineCore pid {engine.pid}",
@@ -239,7 +250,7 @@ async def run(args, target, prompt_ids) -> dict:
     await asyncio.sleep(2)  # let start-up work settle
     results = {"idle_worker_cpu_ms_per_s": idle_cpu(worker, args.idle_seconds), "paths": {}}
     threads0 = thread_cpu(worker)
-    for name in args.paths:
+    for name in paths:
         path, body = bodies[name]
         r = await measure(target, worker, engine, name, path, body, args.requests, args.warmup)
         results["paths"][name] = r
@@ -247,18 +258,18 @@ async def run(args, target, prompt_ids) -> dict:
               f"{r['engine_cpu_ms_per_req']:7.2f} ms/req  p50 {r['wall_p50_ms']} ms  "
               f"errors {r['errors']}", flush=True)
     threads1 = thread_cpu(worker)
-    total = args.requests * len(args.paths)
+    total = args.requests * len(paths)
     by_thread = {name: round(1000 * (threads1[name] - threads0.get(name, 0.0)) / total, 2)
                  for name in threads1}
     results["worker_threads_cpu_ms_per_req"] = dict(
         sorted(((k, v) for k, v in by_thread.items() if v > 0), key=lambda kv: -kv[1]))
-    if args.profile:
+    if args.profile and target.name == "service":
         profiler = start_profiler(worker.pid, args.profile, args.profile_rate,
                                   args.profile_native)
         await asyncio.sleep(2)
         try:
             for round_ in range(args.profile_rounds):
-                for name in args.paths:
+                for name in paths:
                     path, body = bodies[name]
                     await measure(target, worker, engine, name, path, body, args.requests, 0)
         finally:
@@ -276,6 +287,10 @@ def main() -> None:
                    choices=list(payloads([1]).keys()))
     p.add_argument("--model", default=".models/openchat-dev")
     p.add_argument("--service-port", type=int, default=18433)
+    p.add_argument("--vllm", action="store_true",
+                   help="then measure raw `vllm serve` (its API server process) on the "
+                        "completion paths, the floor the service is compared with")
+    p.add_argument("--vllm-port", type=int, default=18434)
     p.add_argument("--idle-seconds", type=float, default=5)
     p.add_argument("--startup-timeout", type=float, default=900)
     p.add_argument("--profile", help="write a py-spy speedscope profile of the worker here")
@@ -286,18 +301,22 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "load" / "overhead.json"))
     args = p.parse_args()
 
-    args.vllm_port = 0  # make_targets builds both targets; only the service is started
     prompt_ids = asyncio.run(get_prompt_ids(QUESTION))
     tmp = Path(tempfile.mkdtemp(prefix="openchat-overhead-"))
-    target = make_targets(args, tmp)["service"]
+    targets = make_targets(args, tmp)
     loadavg_start = os.getloadavg()
-    target.start()
-    try:
-        results = asyncio.run(run(args, target, prompt_ids))
-    finally:
-        target.stop()
+    results = {}
+    for key in ["service"] + (["vllm"] if args.vllm else []):
+        target = targets[key]
+        paths = args.paths if key == "service" else [p for p in args.paths if p in RAW_PATHS]
+        print(f"== {target.name}", flush=True)
+        target.start()
+        try:
+            results[key] = asyncio.run(run(args, target, prompt_ids, paths))
+        finally:
+            target.stop()
     results = {
-        "config": {k: v for k, v in vars(args).items() if k != "vllm_port"},
+        "config": {k: v for k, v in vars(args).items()},
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                                  capture_output=True, text=True).stdout.strip(),
         "machine": {"cpus": len(os.sched_getaffinity(0)),
@@ -305,7 +324,8 @@ def main() -> None:
                     "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
         "logs": str(tmp),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **results,
+        **results["service"],
+        **({"raw_vllm": results["vllm"]} if "vllm" in results else {}),
     }
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print()

@@ -10,7 +10,7 @@ LOCK ?= requirements/lock.txt
 # that do not exist; hide that noise, keep everything else (and pip's exit status).
 QUIET_PIP := 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
 
-.PHONY: install serve test lock dev-model bench clean
+.PHONY: install serve test lint lock dev-model bench clean
 
 install: $(BIN)/python
 	set -o pipefail; $(BIN)/pip install -q --no-deps -r $(LOCK) $(QUIET_PIP)
@@ -28,8 +28,12 @@ serve:
 	OPENCHAT_ADMIN_KEY=$${OPENCHAT_ADMIN_KEY:-$(DEV_ADMIN_KEY)} \
 	$(BIN)/bentoml serve service:OpenChat
 
-test:
+test: lint
 	$(BIN)/python -m pytest
+
+# The layers of openchat/ and tools/ (pyproject.toml [tool.importlinter], docs/architecture.md).
+lint:
+	$(BIN)/lint-imports
 
 dev-model:
 	$(BIN)/openchat dev-model $(DEV_MODEL) --overwrite

@@ -17,19 +17,38 @@ from typing import Any
 import bentoml
 from pydantic import BaseModel, Field, ValidationError
 
-from openchat import logs
-from openchat.ask import AskResult
+from openchat.access.scopes import DOCUMENTS_SCOPE, INFERENCE_SCOPE
+from openchat.api.app import create_app
+from openchat.api.middleware import AccessMiddleware
+from openchat.api.routing import RouteTable, declare_bentoml_routes
 from openchat.config import Condition, get_settings
-from openchat.errors import APIError
-from openchat.middleware import AccessMiddleware
-from openchat.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest
-from openchat.routes import create_app
+from openchat.generation.pipeline import Pipeline
+from openchat.generation.retrieval import AskResult
+from openchat.protocol.errors import APIError
+from openchat.protocol.requests import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+)
+from openchat.telemetry import logs
 
 SETTINGS = get_settings()
 logger = logging.getLogger("openchat")
 
-_server = None  # the live OpenChatServer, set once the engine has started
-openai_app = create_app(lambda: _server)
+_pipeline: Pipeline | None = None  # set once the engine has started
+# Every route with the scopes it needs: the OpenAI app's, BentoML's own, the typed APIs'.
+ROUTES = RouteTable()
+openai_app = create_app(SETTINGS, ROUTES, lambda: _pipeline)
+declare_bentoml_routes(ROUTES, protect_metrics=SETTINGS.auth.protect_metrics,
+                       protect_docs=SETTINGS.auth.protect_docs)
+TYPED_API_SCOPES = {
+    "chat": frozenset({INFERENCE_SCOPE}),
+    "extract": frozenset({INFERENCE_SCOPE}),
+    "ask": frozenset({INFERENCE_SCOPE, DOCUMENTS_SCOPE}),
+    "generate": frozenset({INFERENCE_SCOPE}),
+}
+for _name, _scopes in TYPED_API_SCOPES.items():
+    ROUTES.declare(f"/{_name}", {"POST"}, scopes=_scopes)
 
 
 class Usage(BaseModel):
@@ -78,8 +97,8 @@ def _restart_worker() -> None:
     the container exits and its orchestrator restarts it."""
     import signal
 
-    global _server
-    _server = None  # new requests: 503 while the worker restarts
+    global _pipeline
+    _pipeline = None  # new requests: 503 while the worker restarts
     loop = asyncio.get_running_loop()
     if "BENTOML_CONTAINERIZED" in os.environ:
         logger.critical("stopping the server so its supervisor restarts it")
@@ -98,24 +117,27 @@ def _restart_worker() -> None:
 @bentoml.asgi_app(openai_app, path="/")
 class OpenChat:
     def __init__(self) -> None:
-        global _server
-        from openchat.engine import Engine, ModelNotFoundError
-        from openchat.prompt import OpenChatTemplate, OpenChatTokenizer, find_tokenizer_model
-        from openchat.serving import OpenChatServer
+        global _pipeline
+        from openchat.generation.engine import ModelNotFoundError, VLLMEngine
+        from openchat.generation.template import (
+            OpenChatTemplate,
+            OpenChatTokenizer,
+            find_tokenizer_model,
+        )
         from tools import DataSources
 
         logs.configure(os.environ.get("OPENCHAT_LOG_LEVEL", "INFO"))
         try:
-            self.engine = Engine(SETTINGS)
+            self.engine = VLLMEngine(SETTINGS)
         except ModelNotFoundError as exc:
             logger.critical("cannot start: %s", exc)
             _stop_whole_server()
         tokenizer = OpenChatTokenizer(find_tokenizer_model(SETTINGS.tokenizer or SETTINGS.model))
         sources = DataSources.open(SETTINGS)
         self.sources = sources
-        self.server = OpenChatServer(SETTINGS, self.engine, OpenChatTemplate(tokenizer),
-                                     sources.registry, sources.documents, sources.embedder)
-        _server = self.server
+        self.pipeline = Pipeline(SETTINGS, self.engine, OpenChatTemplate(tokenizer),
+                                 sources.registry, sources.documents, sources.embedder)
+        _pipeline = self.pipeline
         logger.info("serving %s as %s", SETTINGS.model,
                     ", ".join(p.model_id for p in SETTINGS.presets.values()))
 
@@ -133,8 +155,8 @@ class OpenChat:
 
     @bentoml.on_shutdown
     def stop_engine(self) -> None:
-        global _server
-        _server = None
+        global _pipeline
+        _pipeline = None
         self.engine.shutdown()
         self.sources.close()
 
@@ -156,7 +178,7 @@ class OpenChat:
                 model=model, messages=messages, max_tokens=max_tokens,
                 temperature=temperature, top_p=top_p, stop=stop, seed=seed, condition=condition,
             )
-            completion = await self.server.chat(request)
+            completion = await self.pipeline.chat(request)
         except (APIError, ValidationError) as error:
             raise _bentoml_error(error) from None
         choice = completion.choices[0]
@@ -190,7 +212,7 @@ class OpenChat:
                 response_format={"type": "json_schema",
                                  "json_schema": {"name": "extraction", "schema": json_schema}},
             )
-            completion = await self.server.chat(request)
+            completion = await self.pipeline.chat(request)
         except (APIError, ValidationError) as error:
             raise _bentoml_error(error) from None
         choice = completion.choices[0]
@@ -212,10 +234,8 @@ class OpenChat:
     ) -> AskResult:
         """Answer `question` from the `top_k` most relevant chunks of `collection`, with
         citations (document id, source, text, score) in the order the answer numbers them."""
-        from openchat.ask import ask
-
         try:
-            return await ask(self.server, question, collection, top_k, model=model,
+            return await self.pipeline.ask(question, collection, top_k, model=model,
                              max_tokens=max_tokens, seed=seed)
         except (APIError, ValidationError) as error:
             raise _bentoml_error(error) from None
@@ -236,7 +256,7 @@ class OpenChat:
                 model=model, prompt=prompt, max_tokens=max_tokens, temperature=temperature,
                 stop=stop, seed=seed, stream=True,
             )
-            chunks = await self.server.complete(request)
+            chunks = await self.pipeline.complete(request)
         except (APIError, ValidationError) as error:
             raise _bentoml_error(error) from None
         async for chunk in chunks:
@@ -246,5 +266,5 @@ class OpenChat:
 
 
 # Keys, scopes, rate limits, body limit, request ids and the audit log for every route:
-# the OpenAI app, the typed APIs, the probes and /metrics (openchat/middleware.py).
-OpenChat.add_asgi_middleware(AccessMiddleware, settings=SETTINGS)
+# the OpenAI app, the typed APIs, the probes and /metrics (openchat/api/middleware.py).
+OpenChat.add_asgi_middleware(AccessMiddleware, settings=SETTINGS, routes=ROUTES)

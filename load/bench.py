@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp  # a vLLM dependency; see the note on httpx below
@@ -60,10 +60,10 @@ DEFAULT_PROMPT_TEXT = "What are three good reasons to learn a second language?"
 
 
 def _cpu_bind() -> str:
-    """The same OpenMP binding the service computes (openchat/engine.py): the declared cpu
+    """The same OpenMP binding the service computes (openchat/generation/engine.py): the declared cpu
     count (configuration.yaml: 4) capped by the host, minus one core for HTTP."""
     sys.path.insert(0, str(ROOT))
-    from openchat.engine import cpu_thread_binding
+    from openchat.generation.engine import cpu_thread_binding
 
     return cpu_thread_binding(4, "auto")
 

@@ -20,11 +20,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "load")]
 os.environ.setdefault("OPENCHAT_MODEL", str(ROOT / ".models" / "openchat-dev"))
 
-from openchat import chat, responses, routes  # noqa: E402
+from openchat.api import streaming  # noqa: E402
+from openchat.protocol import outputs  # noqa: E402
 from openchat.config import get_settings  # noqa: E402
-from openchat.prompt import OpenChatTemplate, OpenChatTokenizer, Turn, find_tokenizer_model  # noqa: E402
-from openchat.protocol import ChatCompletionRequest, CompletionRequest  # noqa: E402
-from openchat.serving import OpenChatServer  # noqa: E402
+from openchat.generation.template import OpenChatTemplate, OpenChatTokenizer, Turn, find_tokenizer_model  # noqa: E402
+from openchat.protocol.requests import ChatCompletionRequest, CompletionRequest  # noqa: E402
+from openchat.generation.pipeline import Pipeline  # noqa: E402
 from overhead import QUESTION, payloads  # noqa: E402
 
 TOKENS = 16  # answer length, as in overhead.py
@@ -46,8 +47,8 @@ def cpu_ms(fn, n: int) -> float:
 def main() -> None:
     settings = get_settings()
     tokenizer = OpenChatTokenizer(find_tokenizer_model(settings.model))
-    server = OpenChatServer(settings, _Engine(), OpenChatTemplate(tokenizer))
-    prompt_ids = server.template.render_chat([Turn("user", QUESTION)], "GPT4 Correct")
+    pipeline = Pipeline(settings, _Engine(), OpenChatTemplate(tokenizer))
+    prompt_ids = pipeline.template.render_chat([Turn("user", QUESTION)], "GPT4 Correct")
     bodies = payloads(prompt_ids)
     steps = {}
     for name in ("chat", "chat_history", "json_schema"):
@@ -56,33 +57,31 @@ def main() -> None:
         steps[f"{name}: validate the request"] = (
             lambda raw=raw: ChatCompletionRequest.model_validate_json(raw), 500)
         steps[f"{name}: prepare (prompt ids, constraint, sampling)"] = (
-            lambda request=request: chat.prepare(server, request), 200)
+            lambda request=request: pipeline.preparer.chat(request), 200)
     completion = CompletionRequest.model_validate(bodies["completion_ids"][1])
-    steps["completion_ids: prompts and sampling"] = (lambda: (
-        server.completion_prompts(completion.prompt),
-        completion.to_sampling_params(max_tokens=TOKENS, defaults=server.preset(None).sampling),
-    ), 500)
+    steps["completion_ids: prompts and sampling"] = (
+        lambda: pipeline.preparer.completion(completion), 500)
 
-    state = responses.ChoiceState(index=0, text="word " * TOKENS,
+    state = outputs.ChoiceState(index=0, text="word " * TOKENS,
                                   token_ids=list(range(100, 100 + TOKENS)), finish_reason="length")
 
     def chat_response():
-        completion = responses.chat_completion("chatcmpl-x", "openchat-3.5", [state], 30, None,
+        completion = outputs.chat_completion("chatcmpl-x", "openchat-3.5", [state], 30, None,
                                                tokenizer.decode)
-        return json.dumps(responses.as_json(completion))
+        return json.dumps(outputs.as_json(completion))
 
     def chat_stream():
-        chunker = responses.ChatChunker("chatcmpl-x", "openchat-3.5", True)
+        chunker = outputs.ChatChunker("chatcmpl-x", "openchat-3.5", True)
         chunks = [chunker.role(0)] + [chunker.content(0, "word ", None) for _ in range(TOKENS)]
         chunks += [chunker.finish(0, "length"), chunker.usage(30, TOKENS)]
-        return [routes._sse(c) for c in chunks]
+        return [streaming._sse(c) for c in chunks]
 
     def completion_stream():
-        chunks = [responses.completion_chunk("cmpl-x", "openchat-3.5", 0, 0, "word ",
+        chunks = [outputs.completion_chunk("cmpl-x", "openchat-3.5", 0, 0, "word ",
                                              "length" if i == TOKENS - 1 else None)
                   for i in range(TOKENS)]
-        chunks.append(responses.completion_usage_chunk("cmpl-x", "openchat-3.5", 0, 30, TOKENS))
-        return [routes._sse(c) for c in chunks]
+        chunks.append(outputs.completion_usage_chunk("cmpl-x", "openchat-3.5", 0, 30, TOKENS))
+        return [streaming._sse(c) for c in chunks]
 
     steps["chat: build and dump the response"] = (chat_response, 500)
     steps[f"chat_stream: {TOKENS + 3} chunks built and SSE-framed"] = (chat_stream, 300)

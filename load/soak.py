@@ -38,7 +38,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,8 +48,9 @@ import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from bench import ROOT, VENV_BIN, make_targets  # noqa: E402 - load/ is not a package
+from tests.ports import free_port  # noqa: E402
 
 EXPECTED_429 = "tight 429 (expected)"  # the request name TightKeyUser gives a checked 429
 MB = 1024 * 1024
@@ -295,12 +295,6 @@ def log_problems(log: Path) -> list[str]:
 
 # --------------------------------------------------------------------------------------
 # Run
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(args) -> int:

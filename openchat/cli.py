@@ -134,8 +134,8 @@ def _key_store() -> Iterator:
     """The key store the service uses (auth.keys_url from configuration.yaml and env)."""
     from sqlalchemy.exc import SQLAlchemyError
 
+    from openchat.access.keys import KeyStore
     from openchat.config import get_settings
-    from openchat.keys import KeyStore
 
     store = None
     try:

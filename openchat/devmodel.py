@@ -13,11 +13,15 @@ import json
 import shutil
 from pathlib import Path
 
-# OpenChat-3.5 adds two tokens to Mistral-7B-v0.1's 32000-piece sentencepiece vocabulary.
-END_OF_TURN = "<|end_of_turn|>"
-END_OF_TURN_ID = 32000
-PAD = "<|pad_0|>"
-VOCAB_SIZE = 32002
+from openchat.vocabulary import (
+    BOS_ID,
+    END_OF_TURN,
+    END_OF_TURN_ID,
+    PAD,
+    PAD_ID,
+    VOCAB_SIZE,
+)
+
 CONTEXT_LENGTH = 8192
 
 
@@ -56,9 +60,9 @@ def build_dev_model(out_dir: Path, *, seed: int = 0, overwrite: bool = False) ->
         max_position_embeddings=CONTEXT_LENGTH,
         sliding_window=None,
         rope_theta=10000.0,
-        bos_token_id=1,
+        bos_token_id=BOS_ID,
         eos_token_id=END_OF_TURN_ID,
-        pad_token_id=END_OF_TURN_ID + 1,
+        pad_token_id=PAD_ID,
         tie_word_embeddings=False,
         torch_dtype="bfloat16",
     )
@@ -66,6 +70,6 @@ def build_dev_model(out_dir: Path, *, seed: int = 0, overwrite: bool = False) ->
     model = MistralForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(out_dir, safe_serialization=True)
     (out_dir / "generation_config.json").write_text(
-        json.dumps({"bos_token_id": 1, "eos_token_id": END_OF_TURN_ID}, indent=2) + "\n"
+        json.dumps({"bos_token_id": BOS_ID, "eos_token_id": END_OF_TURN_ID}, indent=2) + "\n"
     )
     return out_dir

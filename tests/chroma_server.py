@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,19 +13,15 @@ from pathlib import Path
 
 import httpx
 
+from tests.ports import free_port
+
 CHROMA = Path(sys.executable).parent / "chroma"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
 def chroma_server(path: Path, timeout: float = 30) -> Iterator[str]:
     """Run `chroma run --path PATH` until the block ends; yields its URL once it answers."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = Path(path) / "server.log"
     Path(path).mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV_MODEL = Path(os.environ.get("OPENCHAT_TEST_MODEL", ROOT / ".models" / "openchat-dev"))
@@ -27,12 +28,6 @@ AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 # <|end_of_turn|>, "GPT4 Correct Assistant:"), from the model authors' template.
 REFERENCE_HI_IDS = [1, 420, 6316, 28781, 3198, 3123, 1247, 28747, 15359, 32000,
                     420, 6316, 28781, 3198, 3123, 21631, 28747]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RunningService:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
+
+from tests.ports import free_port
 
 DATABASE = "openchat"
 OWNER = "openchat"
@@ -48,7 +49,7 @@ def running_postgres() -> Iterator[Postgres]:
         try:
             _run(as_root, initdb, "-D", str(data), "-U", SERVER_USER, "-E", "UTF8",
                  "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync")
-            port = _free_port()
+            port = free_port()
             options = (f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off "
                        "-c synchronous_commit=off -c full_page_writes=off")
             _run(as_root, pg_ctl, "-D", str(data), "-l", str(log), "-o", options, "-w",
@@ -112,9 +113,3 @@ def _run(as_root: bool, *command: str, check: bool = True) -> None:
     prefix = ["runuser", "-u", SERVER_USER, "--"] if as_root else []
     subprocess.run([*prefix, *command], check=check, capture_output=True, text=True,
                    timeout=60, cwd="/")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

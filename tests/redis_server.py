@@ -7,7 +7,6 @@ is stopped (and the directory deleted) on exit.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -16,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import redis
+
+from tests.ports import free_port
 
 STARTUP_SECONDS = 10
 
@@ -27,7 +28,7 @@ def running_redis() -> Iterator[str]:
         raise RuntimeError("redis-server is not installed; install it to run these tests "
                            "(apt-get install -y redis-server, as .ci/run does)")
     root = Path(tempfile.mkdtemp(prefix="openchat-redis-"))
-    port = _free_port()
+    port = free_port()
     log = (root / "server.log").open("w")
     server = subprocess.Popen(
         [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(root),
@@ -66,9 +67,3 @@ def _wait_for_ping(url: str, server: subprocess.Popen, log: Path) -> None:
                 time.sleep(0.05)
     finally:
         client.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

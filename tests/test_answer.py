@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from openchat.answer import Answer
-from openchat.errors import APIError
-from openchat.functions import plan_tools
-from openchat.structured import ResponseFormat, build_constraint
+from openchat.generation.answer import Answer
+from openchat.generation.events import ArgumentsDelta, CallStart, TextDelta
+from openchat.protocol.errors import APIError
+from openchat.generation.toolformat import plan_tools
+from openchat.generation.constraints import build_constraint
+from openchat.protocol.formats import ResponseFormat
 
 ADD = {"type": "function", "function": {"name": "add", "parameters": {
     "type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}}
@@ -15,7 +17,7 @@ ADD = {"type": "function", "function": {"name": "add", "parameters": {
 
 def test_plain_answer_passes_text_through():
     answer = Answer(0)
-    assert answer.feed("Hi") == [("text", "Hi")]
+    assert answer.feed("Hi") == [TextDelta("Hi")]
     assert answer.finish("length") == "length"
     assert answer.content() is None and answer.calls() == []
 
@@ -36,7 +38,7 @@ def test_tool_answer_finishes_with_tool_calls_or_a_500():
     plan = plan_tools([ADD], "required", True)
     answer = Answer(0, plan)
     events = answer.feed('<tool_call>{"name":"add","arguments":{"a":1}}</tool_call>')
-    assert [e[0] for e in events] == ["call_start", "arguments"]
+    assert [type(e) for e in events] == [CallStart, ArgumentsDelta]
     assert answer.finish("stop") == "tool_calls"
     assert answer.content() is None and answer.calls()[0].arguments == '{"a":1}'
     wrong = Answer(0, plan)
@@ -55,5 +57,5 @@ def test_raw_control_characters_in_json_strings_come_out_escaped():
     assert whole.content() == '{"a":"x\\u0006y","b":"\\"\\u001f"}'
     streamed = Answer(1, constraint=constraint)
     pieces = [streamed.feed(delta) for delta in ('{"a":"x', '\x06', 'y","b":"\\', '"\x1f"}')]
-    assert "".join(e[1] for events in pieces for e in events) == whole.content()
+    assert "".join(e.text for events in pieces for e in events) == whole.content()
     assert streamed.finish("stop") == "stop"

@@ -35,6 +35,6 @@ def test_bentoml_build_packs_the_locked_environment(tmp_path):
     assert _requirements(packed) == _requirements(locked)
     assert not (bento / "env" / "python" / "requirements.lock.txt").exists()
     sources = {p.relative_to(bento / "src").as_posix() for p in (bento / "src").rglob("*.py")}
-    assert {"service.py", "openchat/middleware.py", "tools/sql.py"} <= sources
+    assert {"service.py", "openchat/api/middleware.py", "tools/sql.py"} <= sources
     assert not any(s.startswith("tests/") for s in sources)
     assert (bento / "src" / "configuration.yaml").exists()

@@ -7,11 +7,10 @@ import socket
 import subprocess
 import sys
 
-import httpx
 import openai
 import pytest
 
-from tests.conftest import ADMIN_KEY, AUTH, REFERENCE_HI_IDS
+from tests.conftest import ADMIN_KEY, REFERENCE_HI_IDS
 
 pytestmark = pytest.mark.e2e
 MODEL = "openchat-3.5"

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from openchat.config import DEFAULT_CONFIG_FILE, Settings
-from openchat.engine import cpu_thread_binding
+from openchat.generation.engine import cpu_thread_binding
 
 
 @pytest.fixture(autouse=True)
@@ -68,9 +68,9 @@ def test_invalid_configuration_is_refused(monkeypatch, tmp_path, yaml_text):
 
 
 def test_cpu_threads_follow_declared_cpus_capped_by_host(monkeypatch):
-    monkeypatch.setattr("openchat.engine._available_cpus", lambda: [0, 1])
+    monkeypatch.setattr("openchat.generation.engine._available_cpus", lambda: [0, 1])
     assert cpu_thread_binding(4, "auto") == "0"        # 2 host cores, one left for HTTP
     assert cpu_thread_binding(1, "auto") == "0"
     assert cpu_thread_binding(4, 2) == "0,1"
-    monkeypatch.setattr("openchat.engine._available_cpus", lambda: list(range(16)))
+    monkeypatch.setattr("openchat.generation.engine._available_cpus", lambda: list(range(16)))
     assert cpu_thread_binding(4, "auto") == "0,1,2"

@@ -25,7 +25,8 @@ from tests.chroma_server import chroma_server  # noqa: E402
 from tools.documents import CollectionNotFound, DocumentStore, document_id  # noqa: E402
 from tools.embeddings import Embedder  # noqa: E402
 from tools.readers import read_file, read_text  # noqa: E402
-from tools.registry import DOCUMENTS_SCOPE, Registry  # noqa: E402
+from openchat.access.scopes import DOCUMENTS_SCOPE  # noqa: E402
+from tools.registry import Registry  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "tests" / "fixtures" / "corpus"

@@ -8,11 +8,12 @@ import pytest
 import xgrammar
 from xgrammar.testing import _is_grammar_accept_string
 
-from openchat.conversation import messages_to_turns
-from openchat.errors import APIError
-from openchat.functions import plan_tools
-from openchat.protocol import ChatMessage
-from openchat.toolcalls import ToolCallParser, check_calls
+from openchat.generation.conversation import messages_to_turns
+from openchat.generation.events import ArgumentsDelta, TextDelta
+from openchat.protocol.errors import APIError
+from openchat.generation.toolformat import plan_tools
+from openchat.protocol.requests import ChatMessage
+from openchat.generation.toolparser import ToolCallParser, check_calls
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather now",
@@ -92,9 +93,9 @@ def test_parser_splits_text_and_calls_in_any_chunking():
         for start in range(0, len(text), size):
             events = parser.feed(text[start:start + size])
             for event in events:
-                if event.kind == "text":
+                if isinstance(event, TextDelta):
                     content += event.text
-                elif event.kind == "arguments":
+                elif isinstance(event, ArgumentsDelta):
                     arguments[event.index] = arguments.get(event.index, "") + event.text
         parser.finish()
         assert content == "Sure."
@@ -151,7 +152,7 @@ def test_raw_control_characters_in_strings_are_escaped_to_strict_json():
         streamed = ""
         for start in range(0, len(text), size):
             streamed += "".join(e.text for e in parser.feed(text[start:start + size])
-                                if e.kind == "arguments")
+                                if isinstance(e, ArgumentsDelta))
         (call,) = parser.complete_calls
         assert streamed == call.arguments == '{"a":1,"b":"x\\u001ay\\"\\u0001"}'
         assert json.loads(call.arguments) == {"a": 1, "b": 'x\x1ay"\x01'}

@@ -16,11 +16,9 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 from sqlmodel import SQLModel
 
-from openchat.keys import PREFIX_LENGTH, SCOPES, APIKey, KeyStore, hash_secret
-from openchat.security import ADMIN_SCOPE, INFERENCE_SCOPE
+from openchat.access.keys import PREFIX_LENGTH, SCOPES, APIKey, KeyStore, hash_secret
+from openchat.access.scopes import ADMIN_SCOPE, INFERENCE_SCOPE, SQL_SCOPE
 from tests.postgres import running_postgres
-from tools.registry import SQL_SCOPE
-
 OPENCHAT = Path(sys.executable).parent / "openchat"
 
 

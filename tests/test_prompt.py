@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 
 from openchat.devmodel import mistral_sentencepiece_model
-from openchat.prompt import (
-    BOS_ID,
-    END_OF_TURN_ID,
+from openchat.generation.template import (
     OpenChatTemplate,
     OpenChatTokenizer,
     PieceCache,
     Turn,
 )
+from openchat.vocabulary import BOS_ID, END_OF_TURN_ID
 from tests.conftest import REFERENCE_HI_IDS
 
 USER_PREFIX = [420, 6316, 28781, 3198, 3123, 1247, 28747]        # "GPT4 Correct User:"

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from openchat.config import SamplingDefaults
-from openchat.protocol import ChatCompletionRequest, CompletionRequest, TokenizeRequest
+from openchat.protocol.requests import ChatCompletionRequest, CompletionRequest, TokenizeRequest
 
 HI = [{"role": "user", "content": "Hi"}]
 
@@ -86,7 +86,7 @@ def test_tokenize_needs_exactly_one_input():
 
 
 def test_json_depth_counts_levels_without_recursion():
-    from openchat.protocol import MAX_JSON_DEPTH, json_depth
+    from openchat.protocol.requests import MAX_JSON_DEPTH, json_depth
 
     assert json_depth({"a": 1}) == 1
     assert json_depth({"a": [{"b": []}]}) == 4

@@ -1,7 +1,7 @@
 """Rate limits per key: pure arithmetic and formats, then the limiter on memory and Redis.
 
 `limits`' memory storage reads `time.time()` itself and takes no clock, so the memory-only
-tests swap the `time` module it (and openchat.ratelimit) sees for a fake clock: windows of a
+tests swap the `time` module it (and openchat.access.ratelimit_memory) sees for a fake clock: windows of a
 real minute, no sleeping. The tests that need no exact times run on both stores on the real
 clock (`store`); Redis, which reads its own server clock, gets one real server for the module
 and short real windows where time must pass. Two limiters on one Redis stand for replicas.
@@ -10,29 +10,36 @@ and short real windows where time must pass. Two limiters on one Redis stand for
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import limits.aio.storage.memory
 import pytest
 import redis
 from limits.aio.storage import MemcachedStorage, MemoryStorage, RedisStorage
+from limits.errors import ConfigurationError
 from pydantic import ValidationError
 
-from openchat import ratelimit, ratelimit_redis
-from openchat.config import AuthSettings
-from tests.redis_server import running_redis
-from openchat.ratelimit import (
+from openchat.access import ratelimit, ratelimit_memory, ratelimit_redis
+from openchat.access.ratelimit import (
     KeyLimits,
     RateLimited,
     RateLimiter,
     Window,
     format_duration,
+    open_rate_limiter,
     refusal,
     retry_after_header,
-    supports_refunds,
 )
+from openchat.access.ratelimit_memory import MemoryRateLimiter, supports_refunds
+from openchat.access.ratelimit_redis import RedisRateLimiter
+from openchat.config import AuthSettings
+from tests.redis_server import running_redis
 
 T0 = 1_700_000_040.0  # the start of a fixed window for 1, 2 and 60 second windows
 HEADER_NAMES = {
@@ -59,7 +66,7 @@ class FakeClock:
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock(T0 + 1)  # 59 s left in the current minute
     monkeypatch.setattr(limits.aio.storage.memory, "time", fake)
-    monkeypatch.setattr(ratelimit, "time", fake)
+    monkeypatch.setattr(ratelimit_memory, "time", fake)
     return fake
 
 
@@ -86,7 +93,7 @@ class Store:
         self._opened: list[RateLimiter] = []
 
     def limiter(self, window: int = 60) -> RateLimiter:
-        limiter = RateLimiter(self.uri, window=window)
+        limiter = open_rate_limiter(self.uri, window=window)
         self._opened.append(limiter)
         return limiter
 
@@ -203,7 +210,7 @@ def test_requests_refused_at_rpm_plus_one_and_recover(clock):
     limits = KeyLimits(rpm=3, tpm=10_000, max_concurrency=10)
 
     async def scenario():
-        limiter = RateLimiter("memory://")
+        limiter = open_rate_limiter("memory://")
         seen = []
         for _ in range(3):
             ticket = await limiter.admit("k", limits=limits, reserve_tokens=10)
@@ -234,7 +241,7 @@ def test_success_headers_and_formats(clock):
     limits = KeyLimits(rpm=60, tpm=1000, max_concurrency=8)
 
     async def scenario():
-        limiter = RateLimiter("async+memory://")  # the async scheme is accepted as well
+        limiter = open_rate_limiter("async+memory://")  # the async scheme is accepted as well
         ticket = await limiter.admit("k", limits=limits, reserve_tokens=100)
         assert ticket.headers == {
             "x-ratelimit-limit-requests": "60",
@@ -255,7 +262,7 @@ def test_tokens_reserved_refunded_and_overuse_charged(clock):
     limits = KeyLimits(rpm=100, tpm=1000, max_concurrency=8)
 
     async def scenario():
-        limiter = RateLimiter("memory://")
+        limiter = open_rate_limiter("memory://")
         first = await limiter.admit("k", limits=limits, reserve_tokens=600)
         assert first.headers["x-ratelimit-remaining-tokens"] == "400"
         with pytest.raises(RateLimited) as refused:
@@ -279,7 +286,7 @@ def test_overuse_may_go_past_the_limit(clock):
     limits = KeyLimits(rpm=100, tpm=1000, max_concurrency=8)
 
     async def scenario():
-        limiter = RateLimiter("memory://")
+        limiter = open_rate_limiter("memory://")
         ticket = await limiter.admit("k", limits=limits, reserve_tokens=500)
         await limiter.settle(ticket, used_tokens=1500)  # spent is spent
         with pytest.raises(RateLimited) as refused:  # even a request taking no tokens waits
@@ -295,7 +302,7 @@ def test_refund_reaches_the_previous_window_and_skips_older_ones(clock):
     limits = KeyLimits(rpm=100, tpm=1000, max_concurrency=8)
 
     async def scenario():
-        limiter = RateLimiter("memory://")
+        limiter = open_rate_limiter("memory://")
         clock.advance(49)  # T0 + 50
         ticket = await limiter.admit("k", limits=limits, reserve_tokens=700)
         clock.advance(20)  # T0 + 70: the reservation is in the previous window, weight 50/60
@@ -593,7 +600,7 @@ def test_an_unreachable_redis_refuses_to_admit_but_settling_never_raises(caplog)
     limits = KeyLimits(rpm=10, tpm=1000, max_concurrency=8)
 
     async def scenario():
-        limiter = RateLimiter(f"redis://127.0.0.1:{_closed_port()}/0")
+        limiter = open_rate_limiter(f"redis://127.0.0.1:{_closed_port()}/0")
         with pytest.raises(redis.ConnectionError):
             await limiter.admit("k", limits=limits, reserve_tokens=10)
         ticket = ratelimit.Ticket("k", limits, 10, 0.0, {}, slot="lost")
@@ -611,6 +618,38 @@ def _closed_port() -> int:
 
 
 # --- configuration ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("uri, kind", [
+    ("memory://", MemoryRateLimiter), ("async+memory://", MemoryRateLimiter),
+    ("redis://cache:6379/0", RedisRateLimiter), ("rediss://user:secret@cache:6380/1",
+                                                 RedisRateLimiter),
+    ("async+redis://cache:6379/0", RedisRateLimiter),
+])
+def test_the_factory_picks_the_store_by_scheme(uri, kind):
+    limiter = open_rate_limiter(uri, window=2)  # Redis connects lazily: nothing to reach here
+    assert type(limiter) is kind and isinstance(limiter, RateLimiter)
+    assert limiter.in_flight("k") == 0
+    run(limiter.aclose())
+
+
+def test_the_factory_refuses_windows_and_stores_it_cannot_use(monkeypatch):
+    for uri in ("memory://", "redis://cache:6379/0"):
+        with pytest.raises(ValueError, match="window"):
+            open_rate_limiter(uri, window=0)
+    monkeypatch.setattr(ratelimit_memory, "supports_refunds", lambda storage_class: False)
+    with pytest.raises(ConfigurationError, match="token refunds"):
+        open_rate_limiter("memory://")
+
+
+def test_redis_is_imported_only_when_configured():
+    probe = ("import sys; from openchat.access.ratelimit import open_rate_limiter; "
+             "open_rate_limiter('memory://'); assert 'redis' not in sys.modules; "
+             "open_rate_limiter('redis://cache:6379/0'); assert 'redis' in sys.modules")
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    subprocess.run([sys.executable, "-c", probe], check=True, timeout=60, cwd=root, env=env)
+
 
 @pytest.mark.parametrize("uri", ["memory://", "async+memory://", "redis://cache:6379/0",
                                  "rediss://user:secret@cache:6380/1"])

@@ -9,9 +9,8 @@ from typing import Annotated, Literal
 import pytest
 from pydantic import Field
 
-from tools.registry import SQL_SCOPE, Registry, tool
-
-
+from openchat.access.scopes import SQL_SCOPE
+from tools.registry import Registry, tool
 @tool(SQL_SCOPE)
 async def lookup(table: Literal["a", "b"],
                  limit: Annotated[int, Field(ge=1, le=5, description="Rows.")] = 2):

@@ -20,7 +20,8 @@ from sqlalchemy import create_engine, inspect, text
 from openchat.config import NamedQuery, SQLSettings
 from tests.postgres import running_postgres
 from tools.named_queries import check_named_query
-from tools.registry import SQL_SCOPE, Registry, ToolArgumentsError
+from openchat.access.scopes import SQL_SCOPE
+from tools.registry import Registry, ToolArgumentsError
 from tools.sample_data import CUSTOMERS, ORDERS, PRODUCTS, create_sample_data
 from tools.sql import QueryError, SQLDatabase
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from openchat.errors import APIError
-from openchat.structured import ResponseFormat, StructuredOutputs, build_constraint
+from openchat.protocol.errors import APIError
+from openchat.generation.constraints import build_constraint
+from openchat.protocol.formats import ResponseFormat, StructuredOutputs
 
 
 def schema_format(schema: dict) -> ResponseFormat:

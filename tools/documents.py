@@ -25,11 +25,12 @@ from urllib.parse import urlsplit
 
 from pydantic import Field
 
+from openchat.access.scopes import DOCUMENTS_SCOPE
 from openchat.config import DocumentSettings
 from tools.chunking import chunk_text
 from tools.embeddings import Embedder
 from tools.readers import read_file, read_text
-from tools.registry import DOCUMENTS_SCOPE, Tool, tool
+from tools.registry import Tool, tool
 
 _COLLECTION_NAME = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9._-]{1,510})[a-zA-Z0-9]")
 _PAGE = 1000  # chunks per Chroma get() when listing a whole collection
@@ -80,7 +81,7 @@ def document_id(source: str) -> str:
 class DocumentStore:
     """Ingest, list, delete and search documents in an embedded or remote Chroma."""
 
-    def __init__(self, settings: DocumentSettings, embedder: Embedder):
+    def __init__(self, settings: DocumentSettings, embedder: Embedder) -> None:
         self.settings = settings
         self.embedder = embedder
         self._lock = threading.Lock()

@@ -31,7 +31,7 @@ class Embedder:
     """Normalised 384-dimension vectors for texts, on CPU; the model loads on first use."""
 
     def __init__(self, model_path: str | Path | None = None, *, device: str = "cpu",
-                 batch_size: int = 32):
+                 batch_size: int = 32) -> None:
         self.model_path = Path(model_path) if model_path else None
         self.device = device
         self.batch_size = batch_size

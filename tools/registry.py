@@ -18,10 +18,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-# Permission families a key must hold to let the model run a tool (issue 6 checks them).
-SQL_SCOPE = "tools:sql"
-DOCUMENTS_SCOPE = "tools:documents"
-
 Handler = Callable[..., Awaitable[Any]]
 
 
@@ -79,9 +75,6 @@ class ToolResult:
     ok: bool
     duration_ms: float
     truncated: bool = False
-
-    def summary(self, limit: int = 200) -> str:
-        return self.output if len(self.output) <= limit else self.output[: limit - 1] + "…"
 
 
 @dataclass

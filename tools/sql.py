@@ -22,13 +22,25 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, create_model
-from sqlalchemy import Connection, Engine, URL, func, inspect, make_url, select, table, text
+from sqlalchemy import (
+    URL,
+    Connection,
+    Engine,
+    func,
+    inspect,
+    make_url,
+    select,
+    table,
+    text,
+)
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import create_engine
 
+from openchat.access.scopes import SQL_SCOPE
 from openchat.config import NamedQuery, SQLSettings
+from openchat.databases import psycopg_url, sqlite_file
 from tools.named_queries import arguments_model, check_named_query, placeholders
-from tools.registry import SQL_SCOPE, Tool, tool
+from tools.registry import Tool, tool
 from tools.sample_data import create_sample_data
 
 BUILT_IN = ("sql_query", "list_tables", "describe_table")
@@ -47,12 +59,12 @@ class QueryError(RuntimeError):
 class SQLDatabase:
     """One SQL data source: a writer engine for the sample data, a read-only one for tools."""
 
-    def __init__(self, settings: SQLSettings):
+    def __init__(self, settings: SQLSettings) -> None:
         self.settings = settings
         url = make_url(settings.url)
         self.dialect = url.get_backend_name()
         if self.dialect == "sqlite":
-            self.path = _sqlite_path(url)
+            self.path = sqlite_file(url, "the SQL tools")
             self._writer = create_engine(url.set(database=str(self.path)))
             self._reader = _sqlite_reader(self.path, settings.statement_timeout_s)
         elif self.dialect == "postgresql":
@@ -218,22 +230,6 @@ class SQLDatabase:
 
 # Engines.
 
-def _sqlite_path(url: URL) -> Path:
-    if url.database in (None, "", ":memory:") or url.database.startswith("file:"):
-        raise ValueError("the SQL tools need a SQLite file path (sqlite:///path/to/file.db); "
-                         "an in-memory database would be empty for every connection")
-    return Path(url.database).resolve()
-
-
-def psycopg_url(url: URL) -> URL:
-    """A PostgreSQL URL on psycopg 3 (the one driver in the lock); others refused."""
-    if url.drivername == "postgresql":
-        return url.set(drivername="postgresql+psycopg")
-    if url.drivername != "postgresql+psycopg":
-        raise ValueError(f"use postgresql+psycopg:// URLs (psycopg 3), not {url.drivername}")
-    return url
-
-
 def _sqlite_reader(path: Path, timeout: float) -> Engine:
     uri = f"{path.as_uri()}?mode=ro"
 
@@ -256,7 +252,7 @@ def _postgres_reader(url: URL, timeout: float) -> Engine:
 class _ReadOnlySQLite(sqlite3.Connection):
     """A SQLite connection that can only read, and stops a statement at its deadline."""
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.deadline: float | None = None
         self.denied: str | None = None  # what the authorizer refused last, for the message

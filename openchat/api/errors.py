@@ -1,0 +1,88 @@
+"""Errors onto HTTP: `APIError`, FastAPI's validation errors and Starlette's own 404/405
+become OpenAI's error shape with their status. Unexpected exceptions become a 500 with a
+generic message: no stack trace or path leaks.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+from openchat.protocol.errors import APIError, error_body
+
+logger = logging.getLogger(__name__)
+
+
+def error_response(error: APIError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers or None)
+
+
+
+def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    if not parts:
+        return None
+    param = parts[0]
+    for part in parts[1:]:
+        param += f"[{part}]" if part.isdigit() else f".{part}"
+    return param
+
+
+def validation_error(exc: RequestValidationError) -> APIError:
+    """The first pydantic error, phrased for a client, naming the parameter."""
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    loc = tuple(first.get("loc", ()))
+    param = _loc_to_param(loc)
+    kind = first.get("type", "")
+    message = first.get("msg", "Invalid request.")
+    if kind == "json_invalid":
+        return APIError(
+            "We could not parse the JSON body of your request. "
+            "(HINT: send valid JSON with Content-Type: application/json.)",
+            code="invalid_json",
+        )
+    if kind == "missing":
+        return APIError(f"Missing required parameter: '{param}'.", param=param,
+                        code="missing_required_parameter")
+    if kind == "extra_forbidden":
+        return APIError(f"Unrecognized request argument supplied: {param}",
+                        param=param, code="unknown_parameter")
+    if kind.startswith("value_error"):
+        message = message.removeprefix("Value error, ")
+    if param and param not in message:
+        message = f"Invalid value for '{param}': {message}"
+    return APIError(message, param=param, code="invalid_value")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(validation_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else "Request failed."
+        if exc.status_code == 404:
+            message = "Unknown endpoint."
+        elif exc.status_code == 405:
+            message = "Method not allowed for this endpoint."
+        error = APIError(message, status=exc.status_code)
+        return error_response(error)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s", request.url.path)
+        return JSONResponse(
+            error_body("The server had an error processing your request.", "server_error"),
+            status_code=500,
+        )

@@ -1,0 +1,259 @@
+"""One ASGI middleware in front of the whole BentoML app: request id, body limit, API key,
+route scopes, per-key rate limits, token metering and the audit log.
+
+Order for each HTTP request: an `X-Request-ID` is taken or made (and returned); a body
+over `auth.max_body_bytes` is refused with 413 before it is read in full; the key in
+`Authorization: Bearer` is checked (401) against the scopes its route declares (403,
+routing.py); the key's limits admit the request or answer 429 (access/ratelimit.py),
+reserving tokens for it; the app runs with a fresh UsageMeter (telemetry/usage.py); at
+the end the reservation settles on the tokens really used, one audit line is logged and
+the route's metrics are counted under its template. Routes declared open (the probes)
+need no key; everything else does unless `auth.enabled` is false.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from typing import Any
+
+from openchat.access.keys import open_store
+from openchat.access.ratelimit import KeyLimits, RateLimited, open_rate_limiter
+from openchat.access.scopes import forbidden, missing_scope
+from openchat.api.routing import KEY_SCOPE_ITEM, PROBES, RouteSpec, RouteTable
+from openchat.config import Settings
+from openchat.protocol.errors import APIError
+from openchat.telemetry import logs, metrics, usage
+
+logger = logging.getLogger("openchat.access")
+audit = logging.getLogger("openchat.audit")
+
+DEFAULT_COMPLETION_RESERVATION = 256  # tokens held for a request that sets no max_tokens
+BYTES_PER_TOKEN = 4  # a cautious guess of prompt tokens from the body, settled later
+
+
+class AccessMiddleware:
+    def __init__(self, app, settings: Settings, routes: RouteTable) -> None:
+        self.app = app
+        self.routes = routes
+        self.settings = settings.auth
+        self.model_ids = frozenset([p.model_id for p in settings.presets.values()]
+                                   + [settings.embeddings.model_id])
+        self.keys = None
+        if self.settings.enabled:
+            self.keys = open_store(self.settings.keys_url)
+            admin_secret = os.environ.get("OPENCHAT_ADMIN_KEY")
+            if admin_secret:
+                key = self.keys.ensure_admin(admin_secret)
+                logger.info("OPENCHAT_ADMIN_KEY is admin key %s", key.id)
+        else:
+            logger.warning("authentication is OFF (auth.enabled: false): every route is "
+                           "open to anyone who can reach this port, without rate limits")
+        self.limiter = open_rate_limiter(self.settings.rate_limit_storage,
+                                         window=self.settings.rate_window_s)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        given = _header(scope, b"x-request-id")
+        request_id = given if given and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        fields: dict[str, Any] = {}
+        scope.setdefault("state", {})["request_id"] = request_id
+        logs.request_id.set(request_id)
+        meter = usage.start_meter()
+        response = _Response(send, request_id)
+        key = ticket = None
+        route = self.routes.find(scope["method"], scope["path"])
+        try:
+            key = await self._authenticate(scope, route)  # before reading a stranger's body
+            body = await self._read_body(scope, receive)
+            fields = _json_fields(body)
+            if key is not None:
+                ticket = await self._admit(key, fields, len(body))
+                response.extra_headers = ticket.headers
+            await self.app(scope, _replay(body, receive), response.send)
+        except APIError as error:
+            if error.headers:
+                response.extra_headers = error.headers
+            await response.error(error)
+        finally:
+            if ticket is not None:  # shielded: a timed-out request must still settle
+                await asyncio.shield(self.limiter.settle(ticket,
+                                                         used_tokens=meter.total_tokens))
+            if scope["path"] not in PROBES:  # a 403 still names the key that tried
+                key = scope.get(KEY_SCOPE_ITEM, key)
+                self._audit(scope, key, response.status, meter, started, request_id)
+                self._measure(route, fields, response.status, meter, started)
+
+    # -- steps ------------------------------------------------------------------------------
+
+    async def _read_body(self, scope, receive) -> bytes:
+        """The whole body (it is replayed to the app); 413 past the limit."""
+        limit = self.settings.max_body_bytes
+        declared = _header(scope, b"content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise _too_large(limit)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+    async def _authenticate(self, scope, route: RouteSpec):
+        needed = route.scopes
+        if needed is None or self.keys is None:
+            return None
+        authorization = _header(scope, b"authorization") or ""
+        scheme, _, secret = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise APIError("You didn't provide an API key. Send it as 'Authorization: "
+                           "Bearer YOUR_KEY'.", status=401, code="missing_api_key")
+        key = await asyncio.to_thread(self.keys.verify, secret.strip())
+        if key is None:
+            raise APIError("Incorrect or revoked API key provided.", status=401,
+                           code="invalid_api_key")
+        scope[KEY_SCOPE_ITEM] = key
+        lacking = missing_scope(key.scope_set, needed)
+        if lacking is not None:
+            raise forbidden(lacking)
+        return key
+
+    async def _admit(self, key, fields: dict[str, Any], body_size: int):
+        limits = KeyLimits(rpm=key.rpm or self.settings.default_rpm,
+                           tpm=key.tpm or self.settings.default_tpm,
+                           max_concurrency=key.max_concurrency
+                           or self.settings.default_max_concurrency)
+        try:
+            return await self.limiter.admit(key.id, limits=limits,
+                                            reserve_tokens=_reservation(fields, body_size))
+        except RateLimited as limited:
+            metrics.RATE_LIMITED.labels(limited.kind).inc()
+            raise APIError(str(limited), status=429, type=limited.kind,
+                           code="rate_limit_exceeded", headers=limited.headers) from None
+        except Exception:  # the shared store is down: refuse rather than run unlimited
+            logger.exception("rate-limit store unavailable")
+            raise APIError("Rate limits cannot be checked right now; retry shortly.",
+                           status=503, code="rate_limit_store_unavailable") from None
+
+    def _measure(self, spec: RouteSpec, fields: dict[str, Any], status: int | None, meter,
+                 started: float) -> None:
+        route = spec.label
+        preset = metrics.preset_label(fields.get("model"), self.model_ids)
+        metrics.REQUESTS.labels(route, preset, str(status or 0)).inc()
+        metrics.LATENCY.labels(route).observe(time.perf_counter() - started)
+        if meter.prompt_tokens:
+            metrics.PROMPT_TOKENS.labels(route).inc(meter.prompt_tokens)
+        if meter.completion_tokens:
+            metrics.COMPLETION_TOKENS.labels(route).inc(meter.completion_tokens)
+        if meter.first_token_at is not None:
+            metrics.TIME_TO_FIRST_TOKEN.observe(meter.first_token_at - meter.started)
+        if status in (401, 403):
+            metrics.AUTH_FAILURES.labels(str(status)).inc()
+
+    def _audit(self, scope, key, status, meter, started, request_id) -> None:
+        audit.info("request", extra={
+            "request_id": request_id,
+            "key_id": getattr(key, "id", None), "key_name": getattr(key, "name", None),
+            "method": scope["method"], "path": scope["path"], "status": status,
+            "prompt_tokens": meter.prompt_tokens,
+            "completion_tokens": meter.completion_tokens,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+        })
+
+
+class _Response:
+    """Wraps `send`: adds the request id and rate-limit headers, remembers the status."""
+
+    def __init__(self, send, request_id: str) -> None:
+        self._send = send
+        self.request_id = request_id
+        self.extra_headers: dict[str, str] = {}
+        self.status: int | None = None
+
+    async def send(self, message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            headers = list(message.get("headers", []))
+            headers.append((b"x-request-id", self.request_id.encode()))
+            headers += [(k.encode(), v.encode()) for k, v in self.extra_headers.items()]
+            message = {**message, "headers": headers}
+        await self._send(message)
+
+    async def error(self, error: APIError) -> None:
+        if self.status is not None:
+            return  # the response has started: nothing more can be said
+        body = json.dumps(error.body()).encode()
+        headers = [(b"content-type", b"application/json"),
+                   (b"content-length", str(len(body)).encode())]
+        await self.send({"type": "http.response.start", "status": error.status,
+                         "headers": headers})
+        await self.send({"type": "http.response.body", "body": body})
+
+
+def _replay(body: bytes, receive):
+    """A `receive` that hands the app the body already read, then waits for disconnect."""
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+_OBJECT_START = re.compile(rb"\s*\{")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # what may travel into logs and headers
+
+
+def _json_fields(body: bytes) -> dict[str, Any]:
+    """The body's top-level JSON object, for reservations and metric labels ({} if none:
+    the route answers malformed JSON with its own 400)."""
+    if not _OBJECT_START.match(body):
+        return {}
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _reservation(fields: dict[str, Any], body_size: int) -> int:
+    """Tokens to hold while the request runs: the prompt guessed from the body size, plus
+    the completion it asks for."""
+    completion = DEFAULT_COMPLETION_RESERVATION
+    asked = fields.get("max_completion_tokens") or fields.get("max_tokens")
+    n = fields.get("n")
+    if isinstance(asked, int) and asked > 0:
+        completion = asked * (n if isinstance(n, int) and 0 < n <= 128 else 1)
+    return body_size // BYTES_PER_TOKEN + completion
+
+
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(f"The request body is larger than {limit} bytes.", status=413,
+                    code="request_too_large")
+

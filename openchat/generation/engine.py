@@ -1,0 +1,237 @@
+"""The engine client: what the flows need from an engine (`EngineClient`, a Protocol),
+and its implementation over vLLM's AsyncLLM (`VLLMEngine`: start, generate deltas,
+health, stop).
+
+Only the engine's public API is used (AsyncEngineArgs, AsyncLLM.generate/shutdown,
+SamplingParams, token inputs); vLLM's own OpenAI serving classes are internal and change
+every release. The flows see only the Protocol, so they run against a fake engine in unit
+tests (tests/fake_engine.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from openchat.config import EngineSettings, Settings
+from openchat.protocol.errors import APIError
+from openchat.telemetry import usage
+
+if TYPE_CHECKING:
+    from vllm import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+class ChoiceDelta(Protocol):
+    """One choice's step, as vLLM's CompletionOutput carries it (DELTA output kind)."""
+
+    index: int
+    text: str
+    token_ids: Sequence[int]
+    logprobs: list[dict[int, Any]] | None  # per token: id -> vLLM Logprob
+    finish_reason: str | None
+
+
+class EngineOutput(Protocol):
+    """One step of one request, as vLLM's RequestOutput carries it."""
+
+    outputs: Sequence[ChoiceDelta]
+
+
+class EngineClient(Protocol):
+    """What the flows need from an engine."""
+
+    max_model_len: int
+
+    @property
+    def is_healthy(self) -> bool: ...
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams,
+                 request_id: str) -> AsyncIterator[EngineOutput]:
+        """The request's steps as they come; closing the iterator aborts the request."""
+        ...
+
+
+class ModelNotFoundError(RuntimeError):
+    """The configured model is neither a local checkpoint nor a resolvable HF id."""
+
+
+@dataclass(frozen=True)
+class EngineLayout:
+    """The effective engine settings, as logged at start-up."""
+
+    model: str
+    device: str
+    dtype: str
+    max_model_len: int
+    max_num_seqs: int
+    tensor_parallel_size: int
+    kv_cache: str
+    threads: str
+
+
+def _available_cpus() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def cpu_thread_binding(declared_cpus: float, setting: int | str) -> str:
+    """OpenMP core list for the engine: the declared cpu count capped by the host, minus
+    one core left to the HTTP process (tokenizing, streaming); at least one."""
+    cpus = _available_cpus()
+    if setting == "auto":
+        threads = max(1, min(int(declared_cpus), len(cpus)) - 1)
+    else:
+        threads = max(1, min(int(setting), len(cpus)))
+    return ",".join(str(c) for c in cpus[:threads])
+
+
+def _has_gpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cuda_alike()
+
+
+def check_model_source(model: str) -> None:
+    """Fail fast, with a sentence instead of a stack trace, when the model is missing."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{model} exists but holds no config.json checkpoint")
+        return
+    if model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise ModelNotFoundError(
+            f"model {model!r} is not a directory here and not a Hugging Face id "
+            "(set OPENCHAT_MODEL or `model` in configuration.yaml; `make dev-model` "
+            "builds the small test checkpoint)"
+        )
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(model, allow_patterns=["config.json"])
+    except Exception as exc:
+        raise ModelNotFoundError(
+            f"model {model!r} could not be found locally or on the Hugging Face Hub "
+            f"({type(exc).__name__}); download it first or point OPENCHAT_MODEL at a "
+            "local checkpoint"
+        ) from None
+
+
+def engine_error(exc: BaseException) -> APIError | None:
+    """Map the engine's exceptions to client-facing errors (None: not an engine error)."""
+    from vllm.exceptions import VLLMClientError
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    if isinstance(exc, EngineDeadError):
+        return APIError("The inference engine stopped; retry shortly.", status=503,
+                        code="engine_unavailable")
+    if isinstance(exc, VLLMClientError):
+        return APIError(str(exc), code="invalid_request")
+    return None
+
+
+class VLLMEngine:
+    """One in-process vLLM engine (its EngineCore runs in a child process); an
+    EngineClient."""
+
+    def __init__(self, settings: Settings) -> None:
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        check_model_source(settings.model)
+        args, self.layout = self._engine_args(settings, AsyncEngineArgs)
+        logger.info("starting vLLM engine: %s", self.layout)
+        self._llm = AsyncLLM.from_engine_args(args)
+        self.max_model_len = self._llm.model_config.max_model_len
+
+    @staticmethod
+    def _engine_args(settings: Settings, engine_args_cls):
+        engine: EngineSettings = settings.engine
+        on_gpu = _has_gpu()
+        kwargs = dict(
+            model=settings.model,
+            tokenizer=settings.tokenizer or settings.model,
+            dtype=engine.dtype,
+            max_model_len=engine.max_model_len,
+            max_num_seqs=engine.max_num_seqs,
+            tensor_parallel_size=engine.tensor_parallel_size,
+            seed=engine.seed,
+            enable_prefix_caching=engine.enable_prefix_caching,
+            disable_log_stats=False,
+            # Compact JSON: without this a model (and surely a random one) may fill the
+            # answer with whitespace until max_tokens runs out. vLLM applies it engine-wide.
+            structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
+        )
+        if on_gpu:
+            kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
+            kv_cache = f"{engine.gpu_memory_utilization:.0%} of GPU memory"
+            threads = "n/a"
+        else:
+            # vLLM's CPU backend reads these from the environment of the engine process.
+            declared = float(settings.service.resources.get("cpu", 1))
+            threads = cpu_thread_binding(declared, engine.cpu_threads)
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = threads
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(max(1, engine.cpu_kv_cache_gib)))
+            kv_cache = f"{int(max(1, engine.cpu_kv_cache_gib))} GiB of RAM"
+        layout = EngineLayout(
+            model=settings.model,
+            device="gpu" if on_gpu else "cpu",
+            dtype=engine.dtype,
+            max_model_len=engine.max_model_len,
+            max_num_seqs=engine.max_num_seqs,
+            tensor_parallel_size=engine.tensor_parallel_size,
+            kv_cache=kv_cache,
+            threads=threads,
+        )
+        return engine_args_cls(**kwargs), layout
+
+    async def generate(self, prompt_ids: list[int], params: SamplingParams,
+                       request_id: str) -> AsyncIterator[EngineOutput]:
+        """Yield vLLM RequestOutputs (deltas when params.output_kind is DELTA).
+
+        Cancelling the consumer (client gone) makes vLLM abort the request.
+        """
+        from vllm.inputs import tokens_input
+
+        stream = self._llm.generate(tokens_input(prompt_ids), params, request_id)
+        usage.add_prompt(len(prompt_ids))
+        try:
+            async for output in stream:
+                usage.add_completion(sum(len(o.token_ids) for o in output.outputs))
+                if any(o.finish_reason == "abort" for o in output.outputs):
+                    # Not the client (it is still here): the engine cut the request off,
+                    # e.g. while shutting down. A partial answer must not pass as whole.
+                    raise APIError("The request was cut short because the engine is "
+                                   "stopping or restarting; retry it.", status=503,
+                                   code="request_aborted")
+                yield output
+        except (asyncio.CancelledError, GeneratorExit):
+            logger.info("request %s aborted: the client went away", request_id)
+            raise
+        finally:
+            await stream.aclose()  # closing vLLM's generator early aborts the request
+
+    @property
+    def is_healthy(self) -> bool:
+        return not self._llm.errored and self._llm.is_running
+
+    async def watch(self, on_death: Callable[[], None], interval: float = 0.5) -> None:
+        """Call `on_death()` once if the engine stops serving (its process died or it
+        errored); in-flight requests have meanwhile failed with EngineDeadError (503)."""
+        while self.is_healthy:
+            await asyncio.sleep(interval)
+        logger.critical("the vLLM engine is dead (errored=%s, running=%s)",
+                        self._llm.errored, self._llm.is_running)
+        on_death()
+
+    def shutdown(self) -> None:
+        logger.info("stopping vLLM engine")
+        self._llm.shutdown()

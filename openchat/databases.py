@@ -5,9 +5,11 @@ new connection), PostgreSQL goes through psycopg 3, the one driver in the lock.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import URL
+from sqlalchemy import URL, DateTime, Engine, TypeDecorator, make_url
+from sqlmodel import create_engine
 
 
 def sqlite_file(url: URL, what: str) -> Path:
@@ -25,3 +27,35 @@ def psycopg_url(url: URL) -> URL:
     if url.drivername != "postgresql+psycopg":
         raise ValueError(f"use postgresql+psycopg:// URLs (psycopg 3), not {url.drivername}")
     return url
+
+
+def open_engine(url: str, what: str) -> Engine:
+    """An engine for one of the service's own stores (keys, responses) at `url`: a SQLite
+    file (its directory made) or PostgreSQL. The pool is thread-safe; callers take a short
+    session per call."""
+    parsed = make_url(url)
+    dialect = parsed.get_backend_name()
+    if dialect == "sqlite":
+        path = sqlite_file(parsed, what)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        parsed = parsed.set(database=str(path))
+    elif dialect == "postgresql":
+        parsed = psycopg_url(parsed)
+    else:
+        raise ValueError(f"{what} supports SQLite and PostgreSQL, not {dialect}")
+    return create_engine(parsed, pool_pre_ping=dialect == "postgresql")
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes in, aware UTC datetimes out (SQLite hands back naive ones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        return None if value is None else value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from openchat.generation.answer import Answer
-from openchat.generation.events import ArgumentsDelta, CallStart, TextDelta
-from openchat.protocol.errors import APIError
-from openchat.generation.toolformat import plan_tools
 from openchat.generation.constraints import build_constraint
+from openchat.generation.events import ArgumentsDelta, CallStart, TextDelta
+from openchat.generation.toolformat import plan_tools
+from openchat.protocol.errors import APIError
 from openchat.protocol.formats import ResponseFormat
 
 ADD = {"type": "function", "function": {"name": "add", "parameters": {

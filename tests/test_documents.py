@@ -20,12 +20,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # the embedder must never reach a model hub
 
 import pytest  # noqa: E402
 
+from openchat.access.scopes import DOCUMENTS_SCOPE  # noqa: E402
 from openchat.config import DocumentSettings  # noqa: E402
 from tests.chroma_server import chroma_server  # noqa: E402
 from tools.documents import CollectionNotFound, DocumentStore, document_id  # noqa: E402
 from tools.embeddings import Embedder  # noqa: E402
 from tools.readers import read_file, read_text  # noqa: E402
-from openchat.access.scopes import DOCUMENTS_SCOPE  # noqa: E402
 from tools.registry import Registry  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,10 +10,10 @@ from xgrammar.testing import _is_grammar_accept_string
 
 from openchat.generation.conversation import messages_to_turns
 from openchat.generation.events import ArgumentsDelta, TextDelta
-from openchat.protocol.errors import APIError
 from openchat.generation.toolformat import plan_tools
-from openchat.protocol.requests import ChatMessage
 from openchat.generation.toolparser import ToolCallParser, check_calls
+from openchat.protocol.errors import APIError
+from openchat.protocol.requests import ChatMessage
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather now",

@@ -19,6 +19,7 @@ from sqlmodel import SQLModel
 from openchat.access.keys import PREFIX_LENGTH, SCOPES, APIKey, KeyStore, hash_secret
 from openchat.access.scopes import ADMIN_SCOPE, INFERENCE_SCOPE, SQL_SCOPE
 from tests.postgres import running_postgres
+
 OPENCHAT = Path(sys.executable).parent / "openchat"
 
 

@@ -11,6 +11,8 @@ from pydantic import Field
 
 from openchat.access.scopes import SQL_SCOPE
 from tools.registry import Registry, tool
+
+
 @tool(SQL_SCOPE)
 async def lookup(table: Literal["a", "b"],
                  limit: Annotated[int, Field(ge=1, le=5, description="Rows.")] = 2):

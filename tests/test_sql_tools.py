@@ -17,10 +17,10 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, inspect, text
 
+from openchat.access.scopes import SQL_SCOPE
 from openchat.config import NamedQuery, SQLSettings
 from tests.postgres import running_postgres
 from tools.named_queries import check_named_query
-from openchat.access.scopes import SQL_SCOPE
 from tools.registry import Registry, ToolArgumentsError
 from tools.sample_data import CUSTOMERS, ORDERS, PRODUCTS, create_sample_data
 from tools.sql import QueryError, SQLDatabase

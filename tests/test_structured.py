@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from openchat.protocol.errors import APIError
 from openchat.generation.constraints import build_constraint
+from openchat.protocol.errors import APIError
 from openchat.protocol.formats import ResponseFormat, StructuredOutputs
 
 

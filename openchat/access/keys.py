@@ -15,14 +15,12 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from functools import lru_cache
 
-from sqlalchemy import DateTime, TypeDecorator
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import registry
-from sqlmodel import Field, Session, SQLModel, create_engine, select
+from sqlmodel import Field, Session, SQLModel, select
 
 from openchat.access.scopes import ADMIN_SCOPE, ALL_SCOPES
-from openchat.databases import psycopg_url, sqlite_file
+from openchat.databases import UTCDateTime, open_engine
 
 logger = logging.getLogger("openchat.keys")
 
@@ -30,21 +28,6 @@ SCOPES = ALL_SCOPES
 SECRET_PREFIX = "oc-"
 PREFIX_LENGTH = 10  # "oc-" and 7 secret characters: enough to recognise, far too few to guess
 MIN_ADMIN_SECRET_LENGTH = 24
-
-
-class UTCDateTime(TypeDecorator):
-    """Aware UTC datetimes in, aware UTC datetimes out (SQLite hands back naive ones)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
-        return None if value is None else value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class KeysModel(SQLModel, registry=registry()):
@@ -107,18 +90,8 @@ class KeyStore:
     """The api_keys table behind one SQLAlchemy URL (SQLite file or PostgreSQL)."""
 
     def __init__(self, url: str) -> None:
-        parsed = make_url(url)
-        self.dialect = parsed.get_backend_name()
-        if self.dialect == "sqlite":
-            path = sqlite_file(parsed, "the key store")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            parsed = parsed.set(database=str(path))
-        elif self.dialect == "postgresql":
-            parsed = psycopg_url(parsed)
-        else:
-            raise ValueError(f"the key store supports SQLite and PostgreSQL, not {self.dialect}")
-        # The engine's pool is thread-safe; every call below takes its own short session.
-        self._engine = create_engine(parsed, pool_pre_ping=self.dialect == "postgresql")
+        self._engine = open_engine(url, "the key store")
+        self.dialect = self._engine.dialect.name
         self._create_table()
 
     def _create_table(self) -> None:

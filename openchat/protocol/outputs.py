@@ -3,7 +3,7 @@
 Building the official types (ChatCompletion, Completion) keeps every shape exactly what
 OpenAI clients parse; `as_json` dumps only the fields we set. Stream chunks, built once
 per token, are dicts of the same shape as the dumped ChatCompletionChunk and Completion
-(tests/test_responses.py holds them to it).
+(tests/test_outputs.py holds them to it).
 """
 
 from __future__ import annotations

@@ -146,6 +146,7 @@ def make_targets(args, tmp: Path) -> dict[str, Target]:
         OPENCHAT_SQL__URL=f"sqlite:///{tmp}/shop.db",
         OPENCHAT_DOCUMENTS__PATH=str(tmp / "chroma"),
         OPENCHAT_AUTH__KEYS_URL=f"sqlite:///{tmp}/keys.db",
+        OPENCHAT_RESPONSES__STORE_URL=f"sqlite:///{tmp}/responses.db",
         BENTOML_HOME=str(tmp / "bentoml"),
     )
     # The service sets the binding itself (same value); do not pre-empt it.

@@ -178,6 +178,20 @@ class ToolSettings(BaseModel):
                                   "cut before it reaches the model.")
 
 
+class ResponsesSettings(BaseModel):
+    """The Responses API's stored responses (openchat/storage/responses.py)."""
+
+    model_config = {"extra": "forbid"}
+
+    store_url: str = Field("sqlite:///data/responses.db", description="Where stored "
+                           "responses are kept: a SQLite file, or PostgreSQL shared by "
+                           "replicas (postgresql+psycopg://...).")
+    max_age_days: float = Field(30, gt=0, description="Stored responses older than this "
+                                "are gone (OpenAI keeps them 30 days).")
+    max_per_key: int = Field(10_000, ge=1, description="Each key keeps at most this many "
+                             "stored responses; storing one more removes its oldest.")
+
+
 class AuthSettings(BaseModel):
     """API keys (openchat/keys.py), their scopes and per-key limits."""
 
@@ -248,6 +262,7 @@ class Settings(BaseSettings):
     embeddings: EmbeddingSettings = EmbeddingSettings()
     tools: ToolSettings = ToolSettings()
     auth: AuthSettings = AuthSettings()
+    responses: ResponsesSettings = ResponsesSettings()
     default_preset: str = "general"
     presets: dict[str, Preset] = Field(default_factory=_default_presets)
 

@@ -88,6 +88,7 @@ def service_env(**overrides: str) -> dict[str, str]:
         OPENCHAT_SQL__URL=f"sqlite:///{data / 'shop.db'}",
         OPENCHAT_DOCUMENTS__PATH=str(data / "chroma"),
         OPENCHAT_AUTH__KEYS_URL=f"sqlite:///{data / 'keys.db'}",
+        OPENCHAT_RESPONSES__STORE_URL=f"sqlite:///{data / 'responses.db'}",
         OPENCHAT_ADMIN_KEY=ADMIN_KEY,
         OPENCHAT_AUTH__DEFAULT_RPM="100000",
         OPENCHAT_AUTH__DEFAULT_TPM="100000000",

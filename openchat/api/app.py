@@ -19,6 +19,7 @@ from openchat.api.admin import add_admin_routes
 from openchat.api.documents import add_document_routes
 from openchat.api.embeddings import create_embeddings
 from openchat.api.errors import install_error_handlers
+from openchat.api.responses import add_response_routes
 from openchat.api.routing import Router, RouteTable, caller_scopes
 from openchat.api.streaming import respond
 from openchat.config import Settings
@@ -31,6 +32,7 @@ from openchat.protocol.requests import (
     EmbeddingRequest,
     TokenizeRequest,
 )
+from openchat.storage.responses import open_response_store
 
 INFERENCE = frozenset({INFERENCE_SCOPE})
 
@@ -76,6 +78,9 @@ def create_app(settings: Settings, routes: RouteTable,
         return await create_embeddings(current.embedder, settings.embeddings, body)
 
     add_document_routes(router, lambda: pipeline().document_store())
+    add_response_routes(router, pipeline, lambda: open_response_store(
+        settings.responses.store_url, settings.responses.max_age_days,
+        settings.responses.max_per_key))
     add_admin_routes(router, lambda: _key_store(settings))
 
     @router.get("/v1/server_tools", scopes=INFERENCE)

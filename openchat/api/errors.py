@@ -23,8 +23,13 @@ def error_response(error: APIError) -> JSONResponse:
 
 
 
+_UNION_MEMBERS = {"str", "int", "float", "bool", "dict", "list"}
+
+
 def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    # Union members show up in the location by type ("list[...]", "str"): not params.
+    parts = [str(p) for p in loc if p not in ("body", "query", "path")
+             and not (isinstance(p, str) and ("[" in p or p in _UNION_MEMBERS))]
     if not parts:
         return None
     param = parts[0]

@@ -239,7 +239,8 @@ def _reservation(fields: dict[str, Any], body_size: int) -> int:
     """Tokens to hold while the request runs: the prompt guessed from the body size, plus
     the completion it asks for."""
     completion = DEFAULT_COMPLETION_RESERVATION
-    asked = fields.get("max_completion_tokens") or fields.get("max_tokens")
+    asked = (fields.get("max_completion_tokens") or fields.get("max_tokens")
+             or fields.get("max_output_tokens"))
     n = fields.get("n")
     if isinstance(asked, int) and asked > 0:
         completion = asked * (n if isinstance(n, int) and 0 < n <= 128 else 1)

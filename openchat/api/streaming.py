@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import Request
@@ -72,7 +72,27 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[Any]) -> Any:
     return task.result()
 
 
-async def respond(request: Request, work: Awaitable[Any]) -> Response:
+async def sse_events(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
+    """The Responses API's framing: `event: <type>` before each event's data, no [DONE].
+    The flow reports its own failures as events; anything else ends with an error event."""
+    metrics.OPEN_STREAMS.inc()
+    try:
+        async for event in events:
+            yield f"event: {event['type']}\n{_sse(event)}"
+    except Exception:
+        logger.exception("error while streaming a response")
+        error = {"type": "error", "code": "server_error", "param": None,
+                 "message": "The server had an error while streaming.", "sequence_number": -1}
+        yield f"event: error\n{_sse(error)}"
+    finally:
+        metrics.OPEN_STREAMS.dec()
+
+
+async def respond(request: Request, work: Awaitable[Any], *,
+                  framing: Callable[[AsyncIterator[dict[str, Any]]], AsyncIterator[str]]
+                  = sse_stream) -> Response:
+    """Run `work` (cancelled if the client goes away) and frame what it returns: a dict or
+    response object as JSON, an async iterator of chunks through `framing`."""
     try:
         result = await cancel_on_disconnect(request, work)
     except APIError:
@@ -88,7 +108,7 @@ async def respond(request: Request, work: Awaitable[Any]) -> Response:
         return JSONResponse(result)
     if hasattr(result, "__aiter__"):
         return StreamingResponse(
-            sse_stream(result), media_type="text/event-stream", headers=SSE_HEADERS
+            framing(result), media_type="text/event-stream", headers=SSE_HEADERS
         )
     return JSONResponse(as_json(result))
 

@@ -16,9 +16,11 @@ from openai.types import Completion
 from openai.types.chat import ChatCompletion
 
 from openchat.config import Settings
-from openchat.generation import chat, completions, retrieval, toolloop
+from openchat.generation import chat, completions, responses, retrieval, toolloop
 from openchat.generation.engine import EngineClient
+from openchat.generation.file_search import FileSearch
 from openchat.generation.preparation import Preparer
+from openchat.generation.response_items import FILE_SEARCH
 from openchat.generation.template import OpenChatTemplate
 from openchat.protocol.errors import APIError, engine_unavailable, invalid_param
 from openchat.protocol.requests import (
@@ -27,12 +29,14 @@ from openchat.protocol.requests import (
     DetokenizeRequest,
     TokenizeRequest,
 )
+from openchat.protocol.responses import INPUT_ITEM, ResponseRequest
 from tools.documents import DocumentStore
 from tools.embeddings import Embedder
 from tools.registry import Registry, Tool
 
 ChatResult = ChatCompletion | AsyncIterator[dict[str, Any]]
 CompletionResult = Completion | AsyncIterator[dict[str, Any]]
+ResponseResult = dict[str, Any] | AsyncIterator[dict[str, Any]]
 
 
 class Pipeline:
@@ -74,6 +78,41 @@ class Pipeline:
                                                  prepared)
         return await completions.text_completion(self.engine, self.tokenizer.decode,
                                                  request, prepared)
+
+    async def respond(self, request: ResponseRequest, history: list[dict[str, Any]],
+                      response_id: str,
+                      allowed: Callable[[Tool], bool] | None = None) -> ResponseResult:
+        """A Response (a dict of the `openai` type's shape), or its events when streaming.
+        `history`: the stored conversation `previous_response_id` continues; `allowed` as
+        on chat, for server tools and file_search."""
+        items = [INPUT_ITEM.validate_python(item) for item in history]
+        chat_request = responses.chat_request(request, items + request.input_items())
+        source: responses.Source
+        if chat_request.server_tools is not None:
+            source = self._server_tool_run(request, chat_request, allowed)
+        else:
+            source = responses.Generation(self.engine, self.preparer.chat(chat_request))
+        self._check_engine()
+        if request.stream:
+            return responses.stream_response(request, source, response_id)
+        return await responses.create_response(request, source, response_id)
+
+    def _server_tool_run(self, request: ResponseRequest, chat_request: ChatCompletionRequest,
+                         allowed: Callable[[Tool], bool] | None) -> responses.ServerToolRun:
+        """The tool loop for a response with server tools; its file_search, if any, is a
+        tool of this request only."""
+        registry, search = self.tools, None
+        spec = request.file_search()
+        if spec is not None:
+            search = FileSearch(self.document_store(), spec)
+            search.check()
+            registry = Registry({**self.tools.tools, FILE_SEARCH: search.tool()})
+        tools = toolloop.select_server_tools(chat_request, registry, self.settings.tools,
+                                             allowed)
+        loop = toolloop.ToolLoop(self.engine, self.preparer, registry, self.settings.tools,
+                                 chat_request, tools)
+        first = loop.prepare(0, list(chat_request.messages))  # the first step's errors: 4xx
+        return responses.ServerToolRun(loop, first, search)
 
     async def ask(self, question: str, collection: str, top_k: int, *, model: str,
                   max_tokens: int | None = None,

@@ -205,6 +205,14 @@ class AuthSettings(BaseModel):
     default_rpm: int = Field(60, ge=1, description="Requests per minute, per key.")
     default_tpm: int = Field(100_000, ge=1, description="Tokens per minute, per key.")
     default_max_concurrency: int = Field(8, ge=1, description="Requests in flight, per key.")
+    # The bootstrap admin key (OPENCHAT_ADMIN_KEY) drives set-up, client suites and first
+    # load tests: the defaults above would refuse it within a minute.
+    admin_rpm: int = Field(6000, ge=1, description="Requests per minute of the bootstrap "
+                           "admin key, set when it is created.")
+    admin_tpm: int = Field(10_000_000, ge=1, description="Tokens per minute of the "
+                           "bootstrap admin key, set when it is created.")
+    admin_max_concurrency: int = Field(256, ge=1, description="Requests in flight of the "
+                                       "bootstrap admin key, set when it is created.")
     protect_metrics: bool = Field(True, description="/metrics needs the admin scope.")
     protect_docs: bool = Field(False, description="/docs and the OpenAPI schema need a key "
                                   "(inference scope).")

@@ -40,7 +40,7 @@ def test_tool_answer_finishes_with_tool_calls_or_a_500():
     events = answer.feed('<tool_call>{"name":"add","arguments":{"a":1}}</tool_call>')
     assert [type(e) for e in events] == [CallStart, ArgumentsDelta]
     assert answer.finish("stop") == "tool_calls"
-    assert answer.content() is None and answer.calls()[0].arguments == '{"a":1}'
+    assert answer.content() == "" and answer.calls()[0].arguments == '{"a":1}'
     wrong = Answer(0, plan)
     wrong.feed('<tool_call>{"name":"add","arguments":{"a":"x"}}</tool_call>')
     with pytest.raises(APIError) as excinfo:
@@ -59,3 +59,22 @@ def test_raw_control_characters_in_json_strings_come_out_escaped():
     pieces = [streamed.feed(delta) for delta in ('{"a":"x', '\x06', 'y","b":"\\', '"\x1f"}')]
     assert "".join(e.text for events in pieces for e in events) == whole.content()
     assert streamed.finish("stop") == "stop"
+
+
+@pytest.mark.parametrize("text", ["<tool_call", "<tool_", "Sure. <tool_c",
+                                  '<tool_call>{"name":"', '<tool_call>{"name":"add","argu'])
+def test_a_call_cut_by_max_tokens_never_leaks_its_markup(text):
+    plan = plan_tools([ADD], "auto", True)
+    answer = Answer(0, plan)
+    events = answer.feed(text)
+    assert answer.finish("length") == "length"
+    streamed = "".join(e.text for e in events + answer.tail if isinstance(e, TextDelta))
+    assert "<" not in streamed and "<" not in answer.content()
+    assert answer.content() == ("Sure." if text.startswith("Sure") else "")
+    assert answer.calls() == []
+
+
+def test_text_that_only_looks_like_a_call_start_stays_when_the_model_stopped():
+    answer = Answer(0, plan_tools([ADD], "auto", True))
+    answer.feed("a <tool_")
+    assert answer.finish("stop") == "stop" and answer.content() == "a <tool_"

@@ -231,6 +231,9 @@ def test_unset_max_tokens_uses_what_is_left(client, http):
         ({"top_k": -5}, "top_k"),
         ({"min_p": 1.5}, "min_p"),
         ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"repetition_penalty": 5e-324}, "repetition_penalty"),
+        ({"temperature": 5e-324}, "temperature"),
+        ({"top_p": 1e-40}, "top_p"),
         ({"temprature": 1}, "temprature"),
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url",
@@ -246,6 +249,19 @@ def test_bad_parameters_are_400_naming_the_parameter(http, extra, param):
     assert error["type"] == "invalid_request_error"
     if param:
         assert error["param"] == param
+    assert error["code"] != "invalid_type"
+
+
+@pytest.mark.parametrize("extra", [{"max_tokens": "5"}, {"n": True}, {"stream": 1},
+                                   {"temperature": "0.5"}, {"logprobs": "true"},
+                                   {"stop": 5}, {"seed": 1.5}])
+def test_wrong_json_types_are_refused_not_coerced(http, extra):
+    response = http.post("/v1/chat/completions", json={"model": MODEL, "messages": HI,
+                                                       **extra})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    (param,) = extra
+    assert (error["code"], error["param"]) == ("invalid_type", param), error
 
 
 @pytest.mark.parametrize(

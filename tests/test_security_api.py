@@ -197,6 +197,15 @@ def test_tokens_per_window_reserve_then_settle(http, anonymous):
                           headers=bearer(secret)).status_code == 200
 
 
+def test_an_invalid_max_tokens_is_a_400_not_a_budget_refusal(http, anonymous):
+    # A million tokens cannot fit the 8192-token context: whatever the key's budget, that
+    # is invalid (reserved only up to the context, then validated).
+    secret, _ = make_key(http, tpm=20000)
+    response = anonymous.post("/v1/chat/completions", json={**CHAT, "max_tokens": 1000000},
+                              headers=bearer(secret))
+    assert assert_error(response, 400, "context_length_exceeded")["param"] == "max_tokens"
+
+
 def test_concurrent_requests_per_key(http, anonymous, base_url):
     secret, _ = make_key(http, max_concurrency=1)
     long_body = {"model": MODEL, "messages": HI, "max_tokens": 300, "ignore_eos": True,

@@ -39,3 +39,17 @@ def test_bad_token_requests(http, path, body):
     response = http.post(path, json=body)
     assert response.status_code in (400, 404)
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("/detokenize", {"tokens": [True]}, "tokens[0]"),
+    ("/tokenize", {"prompt": "a", "add_special_tokens": 0}, "add_special_tokens"),
+    ("/v1/completions", {"model": "openchat-3.5", "prompt": "a", "echo": 1}, "echo"),
+    ("/v1/completions", {"model": "openchat-3.5", "prompt": "a", "max_tokens": "5"},
+     "max_tokens"),
+])
+def test_wrong_json_types_are_400_invalid_type(http, path, body, param):
+    response = http.post(path, json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("invalid_type", param), error

@@ -163,8 +163,11 @@ class KeyStore:
         logger.info("revoked API key %s (%s)", key.id, key.name)
         return True
 
-    def ensure_admin(self, secret: str, name: str = "bootstrap-admin") -> APIKey:
-        """Make sure `secret` (OPENCHAT_ADMIN_KEY) is a live admin key; safe at every start."""
+    def ensure_admin(self, secret: str, name: str = "bootstrap-admin", *,
+                     rpm: int | None = None, tpm: int | None = None,
+                     max_concurrency: int | None = None) -> APIKey:
+        """Make sure `secret` (OPENCHAT_ADMIN_KEY) is a live admin key; safe at every start.
+        The limits apply when the key is created here; an existing key keeps its own."""
         if len(secret) < MIN_ADMIN_SECRET_LENGTH:
             raise ValueError(f"the admin key must be at least {MIN_ADMIN_SECRET_LENGTH} "
                              "characters long")
@@ -173,7 +176,7 @@ class KeyStore:
             if key is not None:
                 return self._grant_admin(key)
             try:
-                key = self._insert(name, [ADMIN_SCOPE], secret, None, None, None)
+                key = self._insert(name, [ADMIN_SCOPE], secret, rpm, tpm, max_concurrency)
             except IntegrityError:
                 continue  # another worker inserted it first: read theirs
             logger.info("created the bootstrap admin key %s", key.id)

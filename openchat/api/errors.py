@@ -24,6 +24,8 @@ def error_response(error: APIError) -> JSONResponse:
 
 
 _UNION_MEMBERS = {"str", "int", "float", "bool", "dict", "list"}
+_TYPE_ERRORS = {"int_type", "float_type", "bool_type", "string_type", "list_type",
+                "dict_type", "model_type", "model_attributes_type"}
 
 
 def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
@@ -58,6 +60,9 @@ def validation_error(exc: RequestValidationError) -> APIError:
     if kind == "extra_forbidden":
         return APIError(f"Unrecognized request argument supplied: {param}",
                         param=param, code="unknown_parameter")
+    if kind in _TYPE_ERRORS:  # strict types: "5" is not an integer, 1 is not a boolean
+        return APIError(f"Invalid type for '{param}': {message.lower()}.", param=param,
+                        code="invalid_type")
     if kind.startswith("value_error"):
         message = message.removeprefix("Value error, ")
     if param and param not in message:

@@ -42,6 +42,7 @@ class AccessMiddleware:
         self.app = app
         self.routes = routes
         self.settings = settings.auth
+        self.context = settings.engine.max_model_len
         self.model_ids = frozenset([p.model_id for p in settings.presets.values()]
                                    + [settings.embeddings.model_id])
         self.keys = None
@@ -49,7 +50,9 @@ class AccessMiddleware:
             self.keys = open_store(self.settings.keys_url)
             admin_secret = os.environ.get("OPENCHAT_ADMIN_KEY")
             if admin_secret:
-                key = self.keys.ensure_admin(admin_secret)
+                key = self.keys.ensure_admin(
+                    admin_secret, rpm=self.settings.admin_rpm, tpm=self.settings.admin_tpm,
+                    max_concurrency=self.settings.admin_max_concurrency)
                 logger.info("OPENCHAT_ADMIN_KEY is admin key %s", key.id)
         else:
             logger.warning("authentication is OFF (auth.enabled: false): every route is "
@@ -140,7 +143,8 @@ class AccessMiddleware:
                            or self.settings.default_max_concurrency)
         try:
             return await self.limiter.admit(key.id, limits=limits,
-                                            reserve_tokens=_reservation(fields, body_size))
+                                            reserve_tokens=_reservation(
+                                                fields, body_size, self.context))
         except RateLimited as limited:
             metrics.RATE_LIMITED.labels(limited.kind).inc()
             raise APIError(str(limited), status=429, type=limited.kind,
@@ -235,16 +239,19 @@ def _json_fields(body: bytes) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _reservation(fields: dict[str, Any], body_size: int) -> int:
+def _reservation(fields: dict[str, Any], body_size: int, context: int) -> int:
     """Tokens to hold while the request runs: the prompt guessed from the body size, plus
-    the completion it asks for."""
+    the completion it asks for, never more than its choices can use: each one fits in the
+    context window. So a max_tokens beyond the context reaches validation (400
+    context_length_exceeded) instead of being refused as over the key's budget."""
     completion = DEFAULT_COMPLETION_RESERVATION
     asked = (fields.get("max_completion_tokens") or fields.get("max_tokens")
              or fields.get("max_output_tokens"))
     n = fields.get("n")
-    if isinstance(asked, int) and asked > 0:
-        completion = asked * (n if isinstance(n, int) and 0 < n <= 128 else 1)
-    return body_size // BYTES_PER_TOKEN + completion
+    choices = n if isinstance(n, int) and 0 < n <= 128 else 1
+    if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
+        completion = min(asked, context)
+    return min(body_size // BYTES_PER_TOKEN + completion * choices, context * choices)
 
 
 def _header(scope, name: bytes) -> str | None:

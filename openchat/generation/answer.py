@@ -58,7 +58,7 @@ class Answer:
         """OpenAI's finish_reason, after verifying what the engine finished."""
         reason = FINISH_REASONS.get(engine_reason or "stop", "stop")
         if self.parser is not None:
-            self.tail = self._record(self.parser.finish())
+            self.tail = self._record(self.parser.finish(cut=reason != "stop"))
         if reason != "stop":
             return reason  # cut short: nothing claims to be complete
         if self.parser is not None:
@@ -71,13 +71,14 @@ class Answer:
         return reason
 
     def content(self) -> str | None:
-        """With tools: the text outside call blocks (None if empty); JSON output: the
-        escaped text; else None, meaning the engine's text is the content as it is."""
+        """With tools: the text outside call blocks ("" if none: the tool markup is never
+        content, even when a cut-off call left nothing else); JSON output: the escaped
+        text; else None, meaning the engine's text is the content as it is."""
         if self._escape is not None:
             return self.text
         if self.parser is None:
             return None
-        return "".join(self._content) or None
+        return "".join(self._content)
 
     def calls(self) -> list[ToolCall]:
         return self.parser.complete_calls if self.parser is not None else []

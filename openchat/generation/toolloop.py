@@ -181,7 +181,8 @@ class ToolLoop:
             await asyncio.gather(*(self._execute(e) for e in entries))
             for entry in entries:
                 yield ToolProgress(entry)
-            self._messages = self._messages + _step_messages(answer.content(), server_calls,
+            self._messages = self._messages + _step_messages(answer.content() or None,
+                                                             server_calls,
                                                              entries)
         logger.warning("request %s: tool loop ended without an answer", self.request_id)
 

@@ -95,11 +95,13 @@ class ToolCallParser:
             if (self.state, len(self.buffer)) == before:
                 return events
 
-    def finish(self) -> list[AnswerEvent]:
+    def finish(self, cut: bool = False) -> list[AnswerEvent]:
         """Flush at the end of generation: trailing text is content; a call cut short
-        (max_tokens) stays incomplete and is not returned as a call."""
+        (max_tokens) stays incomplete and is not returned as a call. When the generation
+        was `cut`, text held back because it could begin a call (`<tool_ca`) is the start
+        of one: dropped, so the markup never reaches the client."""
         events: list[AnswerEvent] = []
-        if self.state == "text" and self.buffer:
+        if self.state == "text" and self.buffer and not cut:
             self._emit_text(self.buffer, events)
         self.buffer = ""
         return events

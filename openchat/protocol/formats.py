@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class StructuredOutputs(BaseModel):
     """vLLM's request extension, with the same names and meaning: exactly one of these."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     json_: dict[str, Any] | bool | None = Field(None, alias="json")
     regex: str | None = Field(None, min_length=1)
@@ -29,7 +29,7 @@ class StructuredOutputs(BaseModel):
 
 
 class JSONSchemaFormat(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = None
@@ -38,7 +38,7 @@ class JSONSchemaFormat(BaseModel):
 
 
 class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     type: str
     json_schema: JSONSchemaFormat | None = None

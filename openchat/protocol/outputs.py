@@ -145,7 +145,9 @@ def chat_completion(
 
 def _message(choice: ChoiceState) -> ChatCompletionMessage:
     if not choice.tool_calls:
-        content = choice.text if choice.content is None else choice.content
+        # content None: no parser ran, the engine's text is the answer; "" with tools
+        # offered: nothing outside the (possibly cut-off) calls, which is null, as OpenAI.
+        content = choice.text if choice.content is None else (choice.content or None)
         return ChatCompletionMessage(role="assistant", content=content)
     return ChatCompletionMessage(
         role="assistant",

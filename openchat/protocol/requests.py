@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from vllm.sampling_params import StructuredOutputsParams
 
 MAX_STOP_SEQUENCES = 4
+FLOAT32_TINY = 1e-30  # comfortably above float32's smallest normal number (1.18e-38)
 INT64 = 2**63
 
 
@@ -45,7 +46,9 @@ def json_depth(value: Any) -> int:
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Unknown fields are refused, and wrong JSON types are not coerced ("5" is not a
+    # max_tokens, 1 is not a boolean): a 400 invalid_type, as OpenAI answers.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -99,7 +102,8 @@ class SamplingRequest(StrictModel):
     # Extensions understood by vLLM-aware clients.
     top_k: int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0, le=1)
-    repetition_penalty: float | None = Field(None, gt=0, le=2)
+    # Logits are divided by it: far below 1 they overflow float32 (0.01 is already extreme).
+    repetition_penalty: float | None = Field(None, ge=0.01, le=2)
     ignore_eos: bool = False
     # Structured output (formats.py): OpenAI's field, or vLLM's extension.
     response_format: ResponseFormat | None = None
@@ -120,6 +124,17 @@ class SamplingRequest(StrictModel):
         if any(s == "" for s in stops):
             raise ValueError("stop sequences must not be empty")
         return stops or None
+
+    @field_validator("temperature", "top_p", "presence_penalty", "frequency_penalty",
+                     "min_p")
+    @classmethod
+    def _fits_float32(cls, value: float | None) -> float | None:
+        # The engine samples in float32: a value it would round to zero (5e-324) is not
+        # the value asked for, and some (a zero top_p) break sampling.
+        if value is not None and value != 0 and abs(value) < FLOAT32_TINY:
+            raise ValueError(f"{value!r} is too small for the engine's float32 "
+                             "arithmetic; use 0 or a value of at least 1e-30")
+        return value
 
     @field_validator("logit_bias")
     @classmethod

@@ -26,12 +26,14 @@ class FakeChoice:
 @dataclass
 class FakeOutput:
     outputs: list[FakeChoice]
+    num_cached_tokens: int = 0
 
 
 @dataclass
 class Reply:
     pieces: list[str]
     finish_reason: str = "stop"
+    cached_tokens: int = 0  # prompt tokens the prefix cache served, on every step
 
 
 @dataclass
@@ -53,8 +55,9 @@ class FakeEngine:
     def is_healthy(self) -> bool:
         return self.healthy
 
-    def reply(self, *pieces: str, finish_reason: str = "stop") -> FakeEngine:
-        self.replies.append(Reply(list(pieces), finish_reason))
+    def reply(self, *pieces: str, finish_reason: str = "stop",
+              cached_tokens: int = 0) -> FakeEngine:
+        self.replies.append(Reply(list(pieces), finish_reason, cached_tokens))
         return self
 
     async def generate(self, prompt_ids: list[int], params: Any,
@@ -69,7 +72,7 @@ class FakeEngine:
                 yield FakeOutput([
                     FakeChoice(i, piece, [100 + step], None, reply.finish_reason if last else None)
                     for i in range(params.n)
-                ])
+                ], reply.cached_tokens)
             finished = True
         finally:
             call.closed_early = not finished

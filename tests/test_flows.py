@@ -159,7 +159,8 @@ def test_streamed_completions_echo_then_text_then_usage(template):
     assert [c["choices"][0]["text"] for c in chunks[:-1]] == ["one", "x", "y"]
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-1]["usage"] == {"completion_tokens": 2, "prompt_tokens": 2,
-                                   "total_tokens": 4}
+                                   "total_tokens": 4,
+                                   "prompt_tokens_details": {"cached_tokens": 0}}
 
 
 SERVER_CALL = '<tool_call>{"name":"count_rows","arguments":{"table":"orders"}}</tool_call>'
@@ -197,3 +198,22 @@ def test_server_tools_need_the_callers_scope(template):
         run(pipeline(template, FakeEngine()).chat(chat(server_tools=["count_rows"]),
                                                   allowed=lambda tool: False))
     assert excinfo.value.status == 403 and excinfo.value.param == "server_tools[0]"
+
+
+def test_prefix_cache_hits_are_reported_in_every_usage(template):
+    """The engine's count of prompt tokens served from its prefix cache becomes
+    usage.prompt_tokens_details.cached_tokens: chat whole and streamed, completions over
+    several prompts (summed), and the tool loop (summed over its steps)."""
+    whole = run(pipeline(template, FakeEngine().reply("Hi", cached_tokens=16)).chat(chat()))
+    assert whole.usage.prompt_tokens_details.cached_tokens == 16
+    streamed = run(drain(run(pipeline(template, FakeEngine().reply(
+        "Hi", cached_tokens=16)).chat(chat(stream=True,
+                                             stream_options={"include_usage": True})))))
+    assert streamed[-1]["usage"]["prompt_tokens_details"] == {"cached_tokens": 16}
+    engine = FakeEngine().reply("a", cached_tokens=3).reply("b", cached_tokens=5)
+    completion = run(pipeline(template, engine).complete(
+        CompletionRequest(model="openchat-3.5", prompt=["one", "two"])))
+    assert completion.usage.prompt_tokens_details.cached_tokens == 8
+    engine = FakeEngine().reply(SERVER_CALL, cached_tokens=16).reply("42.", cached_tokens=32)
+    looped = run(pipeline(template, engine).chat(chat(server_tools=["count_rows"])))
+    assert looped.usage.prompt_tokens_details.cached_tokens == 48

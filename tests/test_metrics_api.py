@@ -3,6 +3,8 @@ BentoML's, and answers only to admins; every response carries an X-Request-ID.""
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -86,3 +88,29 @@ def test_request_ids_are_returned_and_generated(http):
 def test_unsafe_request_ids_are_replaced(http):
     odd = http.get("/v1/models", headers={"X-Request-ID": "x" * 500})
     assert odd.headers["x-request-id"] != "x" * 500 and len(odd.headers["x-request-id"]) == 32
+
+
+def test_prefix_cache_hits_show_in_usage_and_metrics(http, client):
+    # A long shared prefix: the second request's prompt is served from the prefix cache.
+    long = [{"role": "system", "content": "Answer briefly. " * 200}, *HI]
+    first = client.chat.completions.create(model=MODEL, messages=long, max_tokens=1)
+    again = client.chat.completions.create(model=MODEL, messages=long, max_tokens=1)
+    cached = again.usage.prompt_tokens_details.cached_tokens
+    assert first.usage.prompt_tokens > 400 and 400 < cached < again.usage.prompt_tokens
+    before = value(scrape(http), "openchat_cached_prompt_tokens_total",
+                   route="/v1/chat/completions")  # exported once something was cached
+    streamed = list(client.chat.completions.create(
+        model=MODEL, messages=long, max_tokens=1, stream=True,
+        stream_options={"include_usage": True}))
+    assert streamed[-1].usage.prompt_tokens_details.cached_tokens == cached
+    for _ in range(20):  # the middleware counts a stream just after its last chunk
+        after = value(scrape(http), "openchat_cached_prompt_tokens_total",
+                      route="/v1/chat/completions")
+        if after > before:
+            break
+        time.sleep(0.1)
+    assert before >= cached and after - before == cached
+    prompt = "Answer briefly. " * 200
+    client.completions.create(model=MODEL, prompt=prompt, max_tokens=1)
+    completion = client.completions.create(model=MODEL, prompt=prompt, max_tokens=1)
+    assert completion.usage.prompt_tokens_details.cached_tokens > 400

@@ -183,7 +183,11 @@ def test_another_key_cannot_see_or_continue_a_response(client, http, base_url):
     ({"input": [{"type": "bogus"}]}, "input[0]"),
     ({"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]}, "call_id"),
     ({"input": "Hi", "reasoning": {"effort": "high"}}, "reasoning"),
-    ({"input": "Hi", "tools": [{"type": "web_search"}]}, "tools[0]"),
+    ({"input": "Hi", "tools": [{"type": "custom", "name": "patch"}]}, "tools[0]"),
+    ({"input": "Hi", "tools": [{"type": "file_search", "vector_store_ids": ["a"],
+                                "filters": {"type": "eq", "key": "k", "value": 1}}]},
+     "filters"),
+    ({"input": "Hi", "conversation": "conv_1"}, "conversation"),
     ({"input": "Hi", "max_output_tokens": 0}, "max_output_tokens"),
     ({"input": "Hi", "max_output_tokens": "5"}, "max_output_tokens"),
     ({"input": "Hi", "frobnicate": 1}, "frobnicate"),
@@ -222,7 +226,8 @@ def test_file_search_runs_chroma_on_the_server_whole_and_streamed(client, collec
     tools = [{"type": "file_search", "vector_store_ids": [collection], "max_num_results": 2}]
     response = client.responses.create(
         model=MODEL, input="When are refunds paid?", tools=tools, tool_choice="required",
-        include=["file_search_call.results"], max_output_tokens=300)  # a query fits
+        include=["file_search_call.results"], max_output_tokens=300,  # a query fits
+        parallel_tool_calls=False)
     search = response.output[0]
     assert search.type == "file_search_call" and search.status == "completed"
     assert len(search.queries) == 1 and search.queries[0]  # the model's own query
@@ -238,7 +243,7 @@ def test_file_search_runs_chroma_on_the_server_whole_and_streamed(client, collec
 
     with client.responses.stream(model=MODEL, input="Refunds?", tools=tools,
                                  tool_choice={"type": "file_search"},
-                                 max_output_tokens=300) as stream:
+                                 parallel_tool_calls=False, max_output_tokens=300) as stream:
         kinds = [event.type for event in stream]
     assert "response.file_search_call.searching" in kinds
     assert "response.file_search_call.completed" in kinds
@@ -253,9 +258,12 @@ def test_file_search_over_an_unknown_collection_is_a_400(http):
 
 def test_sql_server_tools_show_up_as_mcp_call_items(client):
     response = client.responses.create(
-        model=MODEL, input="Describe a table.", tool_choice="required", max_output_tokens=64,
+        # One call (parallel off) of an enum argument: ~50 tokens, always within 200.
+        model=MODEL, input="Describe a table.", tool_choice="required", max_output_tokens=200,
+        parallel_tool_calls=False,
         extra_body={"server_tools": ["describe_table"]})
     call = response.output[0]
+    assert call.type == "mcp_call", response.model_dump_json()
     assert (call.type, call.name, call.server_label, call.status) == (
         "mcp_call", "describe_table", "openchat", "completed")
     table = json.loads(call.arguments)["table"]

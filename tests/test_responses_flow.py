@@ -234,3 +234,38 @@ def test_server_call_items_echoed_back_are_not_prompted_again(template):
     respond(template, engine, history, input="Sure?")
     prompt = template.tokenizer.decode(engine.calls[0].prompt_ids)
     assert "Refunds?" in prompt and "30 days." in prompt and "fs_1" not in prompt
+
+
+# -- what the Codex CLI sends: namespaces, hosted tools, its metadata -----------------------
+
+def test_namespaced_functions_are_offered_and_their_calls_name_the_namespace(template):
+    call = '<tool_call>{"name":"close_agent","arguments":{"a":1}}</tool_call>'
+    namespace = {"type": "namespace", "name": "multi_agent_v1", "description": "Agents",
+                 "tools": [{**ADD, "name": "close_agent"}]}
+    engine = FakeEngine().reply(call)
+    raw = respond(template, engine, input="Close it", tools=[namespace, ADD],
+                  client_metadata={"turn_id": "t1"})
+    response = Response.model_validate(raw)
+    (item,) = response.output
+    assert (item.name, item.namespace) == ("close_agent", "multi_agent_v1")
+    assert response.tools[0].type == "namespace"
+    prompt = template.tokenizer.decode(engine.calls[0].prompt_ids)
+    assert "close_agent" in prompt and '"add"' in prompt
+
+
+def test_hosted_tools_we_lack_are_left_out_not_refused(template):
+    engine = FakeEngine().reply("Hi.")
+    raw = respond(template, engine, input="Hi", tools=[
+        {"type": "web_search", "external_web_access": False}])
+    response = Response.model_validate(raw)
+    assert response.output_text == "Hi." and response.tools[0].type == "web_search"
+    assert "web_search" not in template.tokenizer.decode(engine.calls[0].prompt_ids)
+    with pytest.raises(APIError) as excinfo:  # but "required" cannot be honoured
+        respond(template, FakeEngine(), input="Hi", tool_choice="required",
+                tools=[{"type": "web_search"}])
+    assert excinfo.value.param == "tool_choice"
+
+
+def test_client_side_tool_types_we_cannot_offer_are_refused():
+    with pytest.raises(ValueError, match="custom"):
+        ResponseRequest(model="m", input="x", tools=[{"type": "custom", "name": "patch"}])

@@ -164,6 +164,8 @@ class AccessMiddleware:
             metrics.PROMPT_TOKENS.labels(route).inc(meter.prompt_tokens)
         if meter.completion_tokens:
             metrics.COMPLETION_TOKENS.labels(route).inc(meter.completion_tokens)
+        if meter.cached_tokens:
+            metrics.CACHED_PROMPT_TOKENS.labels(route).inc(meter.cached_tokens)
         if meter.first_token_at is not None:
             metrics.TIME_TO_FIRST_TOKEN.observe(meter.first_token_at - meter.started)
         if status in (401, 403):

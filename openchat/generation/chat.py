@@ -15,7 +15,7 @@ from openai.types.chat import ChatCompletion
 from openai.types.chat.chat_completion import ChoiceLogprobs
 
 from openchat.generation.answer import Answer
-from openchat.generation.engine import EngineClient
+from openchat.generation.engine import EngineClient, cached_tokens
 from openchat.generation.events import AnswerEvent, ArgumentsDelta, CallStart, TextDelta
 from openchat.generation.preparation import PreparedChat
 from openchat.generation.streams import collect
@@ -34,8 +34,9 @@ async def chat_completion(engine: EngineClient, decode: Decode,
                           prepared: PreparedChat) -> ChatCompletion:
     """Run one prepared generation to the end: the whole ChatCompletion."""
     request_id = new_request_id()
-    states = await collect(engine, prepared.prompt_ids, prepared.params, request_id,
-                           request.n)
+    collected = await collect(engine, prepared.prompt_ids, prepared.params, request_id,
+                              request.n)
+    states = collected.states
     for state in states:
         answer = Answer(state.index, prepared.plan, prepared.constraint)
         answer.feed(state.text)
@@ -43,7 +44,7 @@ async def chat_completion(engine: EngineClient, decode: Decode,
         state.content, state.tool_calls = answer.content(), answer.calls()
     return outputs.chat_completion(
         request_id, request.model, states, len(prepared.prompt_ids),
-        request.logprobs_count(), decode,
+        request.logprobs_count(), decode, collected.cached_tokens,
     )
 
 
@@ -56,8 +57,9 @@ async def stream_chat(engine: EngineClient, decode: Decode, request: ChatComplet
     answers = [Answer(i, prepared.plan, prepared.constraint) for i in range(request.n)]
     for index in range(request.n):
         yield chunker.role(index)
-    completion_tokens = 0
+    completion_tokens = cached = 0
     async for output in engine.generate(prepared.prompt_ids, prepared.params, request_id):
+        cached = max(cached, cached_tokens(output))
         for choice in output.outputs:
             completion_tokens += len(choice.token_ids)
             answer = answers[choice.index]
@@ -77,7 +79,7 @@ async def stream_chat(engine: EngineClient, decode: Decode, request: ChatComplet
                     yield chunk
                 yield chunker.finish(choice.index, reason)
     if request.include_usage_in_stream:
-        yield chunker.usage(len(prepared.prompt_ids), completion_tokens)
+        yield chunker.usage(len(prepared.prompt_ids), completion_tokens, cached)
 
 
 def chunks_for(chunker: outputs.ChatChunker, index: int, events: list[AnswerEvent],

@@ -13,7 +13,7 @@ from openai.types import Completion
 
 from openchat.generation.answer import Answer
 from openchat.generation.chat import Decode
-from openchat.generation.engine import EngineClient
+from openchat.generation.engine import EngineClient, cached_tokens
 from openchat.generation.preparation import PreparedCompletion
 from openchat.generation.streams import collect, merge_streams
 from openchat.protocol import outputs
@@ -32,19 +32,20 @@ async def text_completion(engine: EngineClient, decode: Decode, request: Complet
         collect(engine, prompt.ids, params, f"{request_id}-{i}", request.n)
         for i, (prompt, params) in enumerate(zip(prepared.prompts, prepared.params))
     ))
-    for states in collected:
-        for state in states:
+    for run in collected:
+        for state in run.states:
             answer = Answer(state.index, constraint=prepared.constraint)
             answer.feed(state.text)
             state.finish_reason = answer.finish(state.finish_reason)
             state.text = answer.content() or state.text  # JSON output comes out escaped
     choices = [
         (i * request.n + state.index, prompt.text if request.echo else "", state)
-        for i, (prompt, states) in enumerate(zip(prepared.prompts, collected))
-        for state in states
+        for i, (prompt, run) in enumerate(zip(prepared.prompts, collected))
+        for state in run.states
     ]
     return outputs.completion(
         request_id, request.model, choices, prepared.prompt_tokens, request.logprobs, decode,
+        sum(run.cached_tokens for run in collected),
     )
 
 
@@ -66,7 +67,9 @@ async def stream_completion(engine: EngineClient, decode: Decode, request: Compl
     offsets: dict[int, int] = {}
     answers: dict[int, Answer] = {}
     completion_tokens = 0
+    cached: dict[int, int] = {}  # prompt index -> its request's prefix-cache hits
     async for prompt_index, output in merge_streams(streams):
+        cached[prompt_index] = cached_tokens(output)
         for choice in output.outputs:
             index = prompt_index * n + choice.index
             completion_tokens += len(choice.token_ids)
@@ -91,4 +94,5 @@ async def stream_completion(engine: EngineClient, decode: Decode, request: Compl
     if request.include_usage_in_stream:
         yield outputs.completion_usage_chunk(
             request_id, model, created, prepared.prompt_tokens, completion_tokens,
+            sum(cached.values()),
         )

@@ -138,6 +138,11 @@ def engine_error(exc: BaseException) -> APIError | None:
     return None
 
 
+def cached_tokens(output: EngineOutput) -> int:
+    """Prompt tokens of this request that vLLM's prefix cache served (0 if it says none)."""
+    return getattr(output, "num_cached_tokens", None) or 0
+
+
 class VLLMEngine:
     """One in-process vLLM engine (its EngineCore runs in a child process); an
     EngineClient."""
@@ -203,8 +208,12 @@ class VLLMEngine:
 
         stream = self._llm.generate(tokens_input(prompt_ids), params, request_id)
         usage.add_prompt(len(prompt_ids))
+        cache_counted = False
         try:
             async for output in stream:
+                if not cache_counted:  # the same count rides on every step
+                    usage.add_cached(cached_tokens(output))
+                    cache_counted = True
                 usage.add_completion(sum(len(o.token_ids) for o in output.outputs))
                 if any(o.finish_reason == "abort" for o in output.outputs):
                     # Not the client (it is still here): the engine cut the request off,

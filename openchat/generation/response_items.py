@@ -57,6 +57,7 @@ class ResponseAssembler:
         self.output: list[dict[str, Any]] = []
         self.sequence = 0
         self._citations = citations
+        self._namespaces = request.namespaces()
         self._message: dict[str, Any] | None = None  # the message item being written
         self._calls: dict[int, dict[str, Any]] = {}  # parser index -> function_call item
         self._server: dict[str, dict[str, Any]] = {}  # server call id -> its item
@@ -87,6 +88,8 @@ class ResponseAssembler:
                 out += self._close_message("completed")
                 item = {"id": _item_id("fc"), "type": "function_call", "status": "in_progress",
                         "arguments": "", "call_id": event.id, "name": event.name}
+                if event.name in self._namespaces:
+                    item["namespace"] = self._namespaces[event.name]
                 self._calls[event.index] = item
                 out += self._add(item)
             elif isinstance(event, ArgumentsDelta):

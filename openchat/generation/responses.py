@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from openchat.generation.answer import Answer
-from openchat.generation.engine import EngineClient, engine_error
+from openchat.generation.engine import EngineClient, cached_tokens, engine_error
 from openchat.generation.events import AnswerEvent, ToolProgress
 from openchat.generation.file_search import FileSearch
 from openchat.generation.preparation import PreparedChat, Preparer
@@ -29,7 +29,7 @@ from openchat.generation.response_items import (
     usage,
 )
 from openchat.generation.toolloop import ToolLoop
-from openchat.protocol.errors import APIError
+from openchat.protocol.errors import APIError, invalid_param
 from openchat.protocol.requests import ChatCompletionRequest, ChatMessage
 from openchat.protocol.responses import (
     FunctionCallItem,
@@ -76,6 +76,10 @@ def chat_request(request: ResponseRequest, items: Sequence[Item]) -> ChatComplet
     if server_tools and request.tool_choice != "none":
         fields["server_tools"] = server_tools
     functions = request.function_tools()
+    if request.tool_choice == "required" and not (functions or server_tools):
+        raise invalid_param("tool_choice", "tool_choice 'required' needs a tool the model "
+                            "can call here: a function, file_search or server_tools (hosted "
+                            "tools such as web_search are not available).")
     if (functions or server_tools) and request.tool_choice != "none":
         if functions:
             fields["tools"] = [tool.as_chat_tool() for tool in functions]
@@ -137,8 +141,7 @@ class Generation:
         outcome.prompt_tokens = len(prepared.prompt_ids)
         async for output in self.engine.generate(prepared.prompt_ids, prepared.params,
                                                  request_id):
-            outcome.cached_tokens = max(outcome.cached_tokens,
-                                        getattr(output, "num_cached_tokens", None) or 0)
+            outcome.cached_tokens = max(outcome.cached_tokens, cached_tokens(output))
             choice = output.outputs[0]
             outcome.completion_tokens += len(choice.token_ids)
             events = answer.feed(choice.text)
@@ -166,6 +169,7 @@ class ServerToolRun:
         outcome.reason = state.finish_reason
         outcome.prompt_tokens, outcome.completion_tokens = (state.prompt_tokens,
                                                             state.completion_tokens)
+        outcome.cached_tokens = state.cached_tokens
         outcome.complete_call_ids = {c.id for c in state.client_calls}
 
 

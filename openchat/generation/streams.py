@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from openchat.generation.engine import EngineClient
+from openchat.generation.engine import EngineClient, cached_tokens
 from openchat.protocol.outputs import ChoiceState
 
 if TYPE_CHECKING:
@@ -55,11 +56,21 @@ async def merge_streams(streams: list[AsyncIterator[T]]) -> AsyncIterator[tuple[
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+@dataclass
+class Collected:
+    """One engine request run to its end: each choice, and the prompt tokens its prefix
+    cache served."""
+
+    states: list[ChoiceState]
+    cached_tokens: int = 0
+
+
 async def collect(engine: EngineClient, prompt_ids: list[int], params: SamplingParams,
-                  request_id: str, n: int) -> list[ChoiceState]:
+                  request_id: str, n: int) -> Collected:
     """Run one engine request to the end, gathering each choice's deltas."""
-    states = [ChoiceState(index=i) for i in range(n)]
+    collected = Collected([ChoiceState(index=i) for i in range(n)])
     async for output in engine.generate(prompt_ids, params, request_id):
+        collected.cached_tokens = max(collected.cached_tokens, cached_tokens(output))
         for choice in output.outputs:
-            states[choice.index].add(choice)
-    return states
+            collected.states[choice.index].add(choice)
+    return collected

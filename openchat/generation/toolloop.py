@@ -28,7 +28,7 @@ from openai.types.chat import ChatCompletion
 from openchat.config import ToolSettings
 from openchat.generation.answer import Answer
 from openchat.generation.chat import chunks_for, new_request_id
-from openchat.generation.engine import EngineClient
+from openchat.generation.engine import EngineClient, cached_tokens
 from openchat.generation.events import (
     AnswerEvent,
     ArgumentsDelta,
@@ -57,6 +57,7 @@ class LoopState:
     trace: list[TraceEntry] = field(default_factory=list)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
     finish_reason: str = "stop"
 
 
@@ -156,8 +157,10 @@ class ToolLoop:
             held: set[int] = set()  # parser indexes of server calls: run here, not forwarded
             forwarded: dict[int, int] = {}  # parser index -> the client's tool-call index
             reason = "stop"
+            step_cached = 0
             async for output in self.engine.generate(
                     prepared.prompt_ids, prepared.params, f"{self.request_id}-{step}"):
+                step_cached = cached_tokens(output)
                 choice = output.outputs[0]
                 state.completion_tokens += len(choice.token_ids)
                 events = answer.feed(choice.text)
@@ -167,6 +170,7 @@ class ToolLoop:
                 for event in self._client_events(events, held, forwarded):
                     yield event
             state.prompt_tokens += len(prepared.prompt_ids)
+            state.cached_tokens += step_cached
             calls = answer.calls()
             server_calls = [c for c in calls if c.name in self.tools]
             if reason != "tool_calls" or len(server_calls) < len(calls):
@@ -259,7 +263,8 @@ def _completion(request: ChatCompletionRequest, loop: ToolLoop) -> ChatCompletio
     choice.finish_reason = state.finish_reason
     completion = outputs.chat_completion(loop.request_id, request.model, [choice], 0, None,
                                          None)
-    completion.usage = outputs.usage(state.prompt_tokens, state.completion_tokens)
+    completion.usage = outputs.usage(state.prompt_tokens, state.completion_tokens,
+                                     state.cached_tokens)
     completion.server_tool_calls = [_summary(e) for e in state.trace]
     return completion
 
@@ -278,4 +283,5 @@ async def _stream(request: ChatCompletionRequest, loop: ToolLoop,
                 yield chunk
     yield chunker.finish(0, loop.state.finish_reason)
     if request.include_usage_in_stream:
-        yield chunker.usage(loop.state.prompt_tokens, loop.state.completion_tokens)
+        yield chunker.usage(loop.state.prompt_tokens, loop.state.completion_tokens,
+                            loop.state.cached_tokens)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from openai.types import Completion, CompletionChoice, CompletionUsage
+from openai.types.completion_usage import PromptTokensDetails
 from openai.types.chat import (
     ChatCompletion,
     ChatCompletionMessage,
@@ -31,11 +32,14 @@ def as_json(model) -> dict[str, Any]:
     return model.model_dump(mode="json", exclude_unset=True)
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> CompletionUsage:
+def usage(prompt_tokens: int, completion_tokens: int,
+          cached_tokens: int = 0) -> CompletionUsage:
+    """OpenAI's usage; `cached_tokens`: prompt tokens the engine's prefix cache served."""
     return CompletionUsage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         total_tokens=prompt_tokens + completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
     )
 
 
@@ -122,7 +126,7 @@ def completion_logprobs(
 
 def chat_completion(
     request_id: str, model: str, choices: list[ChoiceState], prompt_tokens: int,
-    logprobs_top: int | None, decode,
+    logprobs_top: int | None, decode, cached_tokens: int = 0,
 ) -> ChatCompletion:
     return ChatCompletion(
         id=request_id,
@@ -139,7 +143,7 @@ def chat_completion(
             )
             for c in choices
         ],
-        usage=usage(prompt_tokens, sum(len(c.token_ids) for c in choices)),
+        usage=usage(prompt_tokens, sum(len(c.token_ids) for c in choices), cached_tokens),
     )
 
 
@@ -213,8 +217,10 @@ class ChatChunker:
     def finish(self, index: int, finish_reason: str) -> dict[str, Any]:
         return self._delta(index, {}, finish_reason)
 
-    def usage(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-        return self._chunk([], usage=_usage_json(prompt_tokens, completion_tokens))
+    def usage(self, prompt_tokens: int, completion_tokens: int,
+              cached_tokens: int = 0) -> dict[str, Any]:
+        return self._chunk([], usage=_usage_json(prompt_tokens, completion_tokens,
+                                                 cached_tokens))
 
     def server_tool_call(self, entry: dict[str, Any]) -> dict[str, Any]:
         """Progress of a server-side tool (an extension): a chunk with no choices, like
@@ -222,17 +228,19 @@ class ChatChunker:
         return self._chunk([], server_tool_call=entry)
 
 
-def _usage_json(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def _usage_json(prompt_tokens: int, completion_tokens: int,
+                cached_tokens: int = 0) -> dict[str, Any]:
     """`as_json(usage(...))`, without the model."""
     return {"completion_tokens": completion_tokens, "prompt_tokens": prompt_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
 # -- legacy completions -------------------------------------------------------------------
 
 def completion(
     request_id: str, model: str, choices: list[tuple[int, str, ChoiceState]],
-    prompt_tokens: int, logprobs_top: int | None, decode,
+    prompt_tokens: int, logprobs_top: int | None, decode, cached_tokens: int = 0,
 ) -> Completion:
     """`choices` holds (response index, echoed prompt text, state) triples."""
     return Completion(
@@ -250,7 +258,8 @@ def completion(
             )
             for index, echo, c in choices
         ],
-        usage=usage(prompt_tokens, sum(len(c.token_ids) for _, _, c in choices)),
+        usage=usage(prompt_tokens, sum(len(c.token_ids) for _, _, c in choices),
+                    cached_tokens),
     )
 
 
@@ -268,8 +277,9 @@ def completion_chunk(
 
 
 def completion_usage_chunk(
-    request_id: str, model: str, created: int, prompt_tokens: int, completion_tokens: int
+    request_id: str, model: str, created: int, prompt_tokens: int, completion_tokens: int,
+    cached_tokens: int = 0,
 ) -> dict[str, Any]:
     return {"id": request_id, "choices": [], "created": created, "model": model,
             "object": "text_completion",
-            "usage": _usage_json(prompt_tokens, completion_tokens)}
+            "usage": _usage_json(prompt_tokens, completion_tokens, cached_tokens)}

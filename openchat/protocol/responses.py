@@ -140,9 +140,49 @@ class FileSearchTool(StrictModel):
                 "ranking_options": self.ranking_options}
 
 
+class NamespaceTool(StrictModel):
+    """Function tools grouped under a name (the Codex CLI sends its sub-agent tools so).
+    The model sees the functions themselves; a call to one names its namespace."""
+
+    type: Literal["namespace"]
+    name: str = Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$")
+    description: str | None = None
+    tools: list[FunctionTool] = Field(max_length=128)
+
+    def as_response_tool(self) -> dict[str, Any]:
+        return {"type": "namespace", "name": self.name, "description": self.description,
+                "tools": [tool.as_response_tool() for tool in self.tools]}
+
+
+# Tools that run on OpenAI's own servers. None of them exists here, so they are left out of
+# the model's tools (docs/responses.md) rather than refused: clients such as the Codex CLI
+# send web_search by default.
+IGNORED_HOSTED_TOOLS = frozenset({
+    "web_search", "web_search_preview", "web_search_2025_08_26",
+    "web_search_preview_2025_03_11", "code_interpreter", "image_generation", "mcp",
+    "tool_search",
+})
+
+
+class IgnoredTool(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+    def as_response_tool(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+def _tool_kind(value: Any) -> str | None:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    if kind in IGNORED_HOSTED_TOOLS:
+        return "ignored"
+    return kind  # anything else that is not below: an error naming the tag
+
+
 ResponseTool = Annotated[
-    Annotated[FunctionTool, Tag("function")] | Annotated[FileSearchTool, Tag("file_search")],
-    Discriminator("type"),
+    Annotated[FunctionTool, Tag("function")] | Annotated[FileSearchTool, Tag("file_search")]
+    | Annotated[NamespaceTool, Tag("namespace")] | Annotated[IgnoredTool, Tag("ignored")],
+    Discriminator(_tool_kind),
 ]
 
 
@@ -213,6 +253,7 @@ class ResponseRequest(StrictModel):
     max_tool_steps: int | None = Field(None, ge=2, description="Generations at most with "
                                        "server tools (as on chat).")
     # Accepted; they change nothing on this service (docs/responses.md).
+    client_metadata: dict[str, Any] | None = None  # the Codex CLI's turn metadata
     reasoning: ReasoningConfig | None = None
     truncation: Literal["auto", "disabled"] | None = None
     include: list[str] | None = None
@@ -261,7 +302,19 @@ class ResponseRequest(StrictModel):
         return list(self.input)
 
     def function_tools(self) -> list[FunctionTool]:
-        return [tool for tool in self.tools or [] if isinstance(tool, FunctionTool)]
+        """The client's functions the model is offered, namespaces flattened."""
+        functions = []
+        for tool in self.tools or []:
+            if isinstance(tool, FunctionTool):
+                functions.append(tool)
+            elif isinstance(tool, NamespaceTool):
+                functions += tool.tools
+        return functions
+
+    def namespaces(self) -> dict[str, str]:
+        """Function name -> the namespace it was offered in."""
+        return {function.name: tool.name for tool in self.tools or []
+                if isinstance(tool, NamespaceTool) for function in tool.tools}
 
     def file_search(self) -> FileSearchTool | None:
         return next((tool for tool in self.tools or [] if isinstance(tool, FileSearchTool)),

@@ -27,6 +27,8 @@ PROMPT_TOKENS = Counter("openchat_prompt_tokens", "Prompt tokens processed, by r
                         ["route"])
 COMPLETION_TOKENS = Counter("openchat_completion_tokens", "Tokens generated, by route.",
                             ["route"])
+CACHED_PROMPT_TOKENS = Counter("openchat_cached_prompt_tokens", "Prompt tokens served by "
+                               "the engine's prefix cache, by route.", ["route"])
 RATE_LIMITED = Counter("openchat_rate_limited",
                        "Requests refused by a per-key limit, by limit kind.", ["kind"])
 AUTH_FAILURES = Counter("openchat_auth_failures",

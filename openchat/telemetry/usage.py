@@ -20,6 +20,7 @@ _current: ContextVar[UsageMeter | None] = ContextVar("openchat_usage", default=N
 class UsageMeter:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, served by the engine's prefix cache
     started: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None  # for the service-side time to first token
 
@@ -39,6 +40,12 @@ def add_prompt(tokens: int) -> None:
     meter = _current.get()
     if meter is not None:
         meter.prompt_tokens += tokens
+
+
+def add_cached(tokens: int) -> None:
+    meter = _current.get()
+    if meter is not None:
+        meter.cached_tokens += tokens
 
 
 def add_completion(tokens: int) -> None:

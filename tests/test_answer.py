@@ -78,3 +78,24 @@ def test_text_that_only_looks_like_a_call_start_stays_when_the_model_stopped():
     answer = Answer(0, plan_tools([ADD], "auto", True))
     answer.feed("a <tool_")
     assert answer.finish("stop") == "stop" and answer.content() == "a <tool_"
+
+
+def test_tools_beside_response_format_give_calls_or_checked_content():
+    person = {"type": "object", "properties": {"name": {"type": "string"}},
+              "required": ["name"], "additionalProperties": False}
+    constraint = build_constraint(ResponseFormat.model_validate(
+        {"type": "json_schema", "json_schema": {"name": "p", "schema": person}}), None)
+    plan = plan_tools([ADD], "auto", True)
+    content = Answer(0, plan, constraint)
+    events = content.feed('{"name":"A\x06n"}')
+    assert content.finish("stop") == "stop"
+    assert content.content() == '{"name":"A\\u0006n"}'  # escaped, as JSON output is
+    assert "".join(e.text for e in events + content.tail) == content.content()
+    call = Answer(0, plan, constraint)
+    call.feed('<tool_call>{"name":"add","arguments":{"a":1}}</tool_call>')
+    assert call.finish("stop") == "tool_calls" and call.content() == ""
+    wrong = Answer(0, plan, constraint)
+    wrong.feed('{"nom":"A"}')
+    with pytest.raises(APIError) as excinfo:
+        wrong.finish("stop")
+    assert excinfo.value.code == "structured_output_invalid"

@@ -164,7 +164,8 @@ def _tool(name="f", parameters=None):
         ({"tools": [_tool(f"f{i}") for i in range(129)]}, "tools"),
         ({"tools": [_tool("f", {"type": "object", "description": "x" * 70000})]}, "tools"),
         ({"tool_choice": "required"}, "tool_choice"),
-        ({"tools": [_tool("f")], "response_format": {"type": "json_object"}}, "tools"),
+        ({"tools": [_tool("f")], "structured_outputs": {"choice": ["a"]}},
+         "structured_outputs"),
         ({"messages": ASK + [{"role": "tool", "tool_call_id": "call_x", "content": "1"}]},
          "messages[1].tool_call_id"),
         ({"messages": ASK + [{"role": "assistant", "tool_calls": [
@@ -189,3 +190,34 @@ def test_a_call_cut_by_max_tokens_never_shows_its_markup(client, max_tokens):
     chunks = list(client.chat.completions.create(**kwargs, stream=True))
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == "" and chunks[-1].choices[0].finish_reason == "length"
+
+
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
+                                           "age": {"type": "integer"}},
+          "required": ["name", "age"], "additionalProperties": False}
+
+
+def test_tools_with_response_format_give_a_call_or_matching_content(client):
+    """What pydantic-ai's NativeOutput with a tool sends: the answer is a valid call or
+    JSON matching the schema, whole and streamed, over many seeds."""
+    kwargs = dict(model=MODEL, messages=ASK, tools=TOOLS, max_tokens=300, temperature=1.0,
+                  parallel_tool_calls=False, response_format={
+                      "type": "json_schema",
+                      "json_schema": {"name": "person", "schema": PERSON, "strict": True}})
+    kinds = set()
+    for seed in range(8):
+        choice = client.chat.completions.create(**kwargs, seed=seed).choices[0]
+        if choice.finish_reason == "tool_calls":
+            _assert_valid_calls(choice.message)
+            assert choice.message.content is None
+            kinds.add("call")
+        else:
+            assert choice.finish_reason == "stop", choice
+            jsonschema.validate(json.loads(choice.message.content), PERSON)
+            kinds.add("content")
+    assert kinds  # which of the two the random model picks is its own business
+    chunks = list(client.chat.completions.create(**kwargs, seed=0, stream=True))
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "<tool_call>" not in content
+    if content:
+        jsonschema.validate(json.loads(content), PERSON)

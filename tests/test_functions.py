@@ -156,3 +156,18 @@ def test_raw_control_characters_in_strings_are_escaped_to_strict_json():
         (call,) = parser.complete_calls
         assert streamed == call.arguments == '{"a":1,"b":"x\\u001ay\\"\\u0001"}'
         assert json.loads(call.arguments) == {"a": 1, "b": 'x\x1ay"\x01'}
+
+
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8}},
+          "required": ["name"], "additionalProperties": False}
+
+
+def test_auto_beside_a_schema_allows_calls_or_matching_content_only():
+    plan = plan_tools([WEATHER, ADD], "auto", True)
+    grammar = xgrammar.Grammar.from_structural_tag(plan.structural_tag(PERSON))
+    assert _is_grammar_accept_string(grammar, CALL)
+    assert _is_grammar_accept_string(grammar, CALL + "\n" + CALL)
+    assert _is_grammar_accept_string(grammar, '{"name":"Ann"}')
+    assert not _is_grammar_accept_string(grammar, "Just text.")
+    assert not _is_grammar_accept_string(grammar, '{"name":"Annabelle!"}')  # too long
+    assert not _is_grammar_accept_string(grammar, '{"name":"Ann"}' + CALL)

@@ -269,3 +269,15 @@ def test_hosted_tools_we_lack_are_left_out_not_refused(template):
 def test_client_side_tool_types_we_cannot_offer_are_refused():
     with pytest.raises(ValueError, match="custom"):
         ResponseRequest(model="m", input="x", tools=[{"type": "custom", "name": "patch"}])
+
+
+def test_function_tools_beside_a_json_schema_format(template):
+    text = {"format": {"type": "json_schema", "name": "n", "strict": True, "schema": {
+        "type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"],
+        "additionalProperties": False}}}
+    answered = Response.model_validate(respond(template, FakeEngine().reply('{"n":', "7}"),
+                                               input="x", tools=[ADD], text=text))
+    assert json.loads(answered.output_text) == {"n": 7}
+    called = Response.model_validate(respond(template, FakeEngine().reply(CALL),
+                                             input="x", tools=[ADD], text=text))
+    assert [item.type for item in called.output] == ["function_call"]

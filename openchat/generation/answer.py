@@ -61,10 +61,17 @@ class Answer:
             self.tail = self._record(self.parser.finish(cut=reason != "stop"))
         if reason != "stop":
             return reason  # cut short: nothing claims to be complete
-        if self.parser is not None:
+        if self.parser is not None and self.parser.complete_calls:
             self._check("tool call", "tool_call_invalid",
                         check_calls(self.plan, self.parser.complete_calls))
-            return "tool_calls" if self.parser.complete_calls else "stop"
+            return "tool_calls"
+        if self.parser is not None:
+            self._check("tool call", "tool_call_invalid",
+                        check_calls(self.plan, []))  # "required" with no call is a fault
+            if self.constraint is not None:  # tools beside response_format: the content
+                self._check(f"{self.constraint.kind} output", "structured_output_invalid",
+                            self.constraint.validate("".join(self._content)))
+            return "stop"
         if self.constraint is not None:
             self._check(f"{self.constraint.kind} output", "structured_output_invalid",
                         self.constraint.validate(self.text))
@@ -74,11 +81,11 @@ class Answer:
         """With tools: the text outside call blocks ("" if none: the tool markup is never
         content, even when a cut-off call left nothing else); JSON output: the escaped
         text; else None, meaning the engine's text is the content as it is."""
+        if self.parser is not None:
+            return "".join(self._content)
         if self._escape is not None:
             return self.text
-        if self.parser is None:
-            return None
-        return "".join(self._content)
+        return None
 
     def calls(self) -> list[ToolCall]:
         return self.parser.complete_calls if self.parser is not None else []

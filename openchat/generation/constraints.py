@@ -48,6 +48,8 @@ class Constraint:
     instruction: str | None
     validate: Callable[[str], str | None]  # None when valid, else what is wrong
     kind: str
+    # JSON kinds: the schema content must match, for a grammar that also allows tool calls.
+    schema: dict[str, Any] | None = None
 
 
 def _clean(message: str) -> str:
@@ -239,6 +241,7 @@ def build_constraint(
         return Constraint(
             StructuredOutputsParams(json_object=True),
             schema_instruction(None), _json_validator(None), "json_object",
+            {"type": "object"},
         )
     spec = response_format.json_schema
     param = "response_format.json_schema.schema"
@@ -248,7 +251,7 @@ def build_constraint(
         instruction = f"{spec.description}\n{instruction}"
     return Constraint(
         StructuredOutputsParams(json=spec.schema_),
-        instruction, _json_validator(validator), "json_schema",
+        instruction, _json_validator(validator), "json_schema", spec.schema_,
     )
 
 

@@ -86,8 +86,15 @@ class Preparer:
         check_no_tool_conflicts(plan, request)
         constraint = self._constraint(request)
         if plan is not None:
+            # Beside tools, response_format shapes the content when the model does not
+            # call (auto); when it must call, the content format does not apply.
+            constraint = constraint if plan.mode == "auto" else None
             instruction = plan.instruction()
-            structured = StructuredOutputsParams(structural_tag=plan.structural_tag())
+            if constraint is not None and constraint.instruction:
+                instruction += "\nIf you answer without calling a function: " + \
+                    constraint.instruction
+            structured = StructuredOutputsParams(structural_tag=plan.structural_tag(
+                constraint.schema if constraint is not None else None))
         else:
             instruction = constraint.instruction if constraint else None
             structured = constraint.params if constraint else None

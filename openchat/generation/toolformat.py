@@ -76,8 +76,10 @@ class ToolPlan:
             lines.append(json.dumps(spec, separators=(",", ":"), ensure_ascii=False))
         return "\n".join(lines)
 
-    def structural_tag(self) -> str:
-        """The xgrammar structural tag (JSON) handed to vLLM."""
+    def structural_tag(self, content_schema: dict[str, Any] | None = None) -> str:
+        """The xgrammar structural tag (JSON) handed to vLLM. With `content_schema` (tools
+        beside response_format, in auto mode) the answer is either call blocks or content
+        matching that schema, nothing else."""
         tags = [
             {
                 "type": "tag",
@@ -91,7 +93,13 @@ class ToolPlan:
             for tool in self.offered()
         ]
         single = self.mode == "named" or not self.parallel
-        if self.mode == "auto":
+        if self.mode == "auto" and content_schema is not None:
+            calls = {"type": "tags_with_separator", "tags": tags, "separator": "\n",
+                     "at_least_one": True, "stop_after_first": single}
+            content = {"type": "json_schema", "json_schema": content_schema,
+                       "max_whitespace_cnt": 1}
+            fmt = {"type": "or", "elements": [calls, content]}
+        elif self.mode == "auto":
             fmt = {"type": "triggered_tags", "triggers": [CALL_OPEN], "tags": tags,
                    "at_least_one": False, "stop_after_first": single}
         else:
@@ -193,9 +201,10 @@ def render_result(name: str, call_id: str, content: str) -> str:
 def check_no_tool_conflicts(plan: ToolPlan | None, request: SamplingRequest) -> None:
     if plan is None:
         return
-    if request.wants_structured_output:
-        raise APIError("tools cannot be combined with response_format or "
-                       "structured_outputs.", param="tools", code="invalid_value")
+    if request.structured_outputs is not None:
+        raise APIError("tools cannot be combined with structured_outputs; use "
+                       "response_format (json_object or json_schema) beside tools.",
+                       param="structured_outputs", code="invalid_value")
     if request.stop:
         raise invalid_param("stop", "stop sequences cannot be combined with tools: they "
                             "would cut tool calls short.")

@@ -284,6 +284,7 @@ def test_wrong_method_is_405_in_openai_shape(http):
     response = http.get("/v1/chat/completions")
     assert response.status_code == 405
     assert response.json()["error"]["code"] == "method_not_allowed"
+    assert response.headers["allow"] == "POST"
 
 
 # -- disconnects --------------------------------------------------------------------------

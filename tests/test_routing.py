@@ -83,3 +83,29 @@ def test_a_route_cannot_be_added_without_scopes():
     router = Router(FastAPI(), RouteTable())
     with pytest.raises(TypeError):
         router.get("/v1/secret")  # scopes= is required
+
+
+def test_the_openapi_spec_says_what_the_service_answers():
+    """Errors are 400 in OpenAI's shape, not FastAPI's 422; every route lists the errors it
+    can answer; operation ids are unique; the catch-all is not an endpoint."""
+    spec = service.openai_app.openapi()
+    operations = [(path, method, op) for path, ops in spec["paths"].items()
+                  for method, op in ops.items()]
+    assert len(operations) >= 16
+    assert "/v1/{path}" not in spec["paths"]
+    assert len({op["operationId"] for _, _, op in operations}) == len(operations)
+    error = {"$ref": "#/components/schemas/ErrorBody"}
+    for path, method, op in operations:
+        responses = op["responses"]
+        assert "422" not in responses, (method, path)
+        assert {"400", "500", "503"} <= set(responses), (method, path)
+        if method in ("post", "put", "patch"):
+            assert "413" in responses
+        for status, response in responses.items():
+            if status != "200":
+                assert response["content"]["application/json"]["schema"] == error
+    assert {"401", "403", "429"} <= set(spec["paths"]["/v1/chat/completions"]["post"]
+                                        ["responses"])
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    detail = spec["components"]["schemas"]["ErrorDetail"]
+    assert set(detail["required"]) == {"message", "type", "param", "code"}

@@ -53,3 +53,10 @@ def test_wrong_json_types_are_400_invalid_type(http, path, body, param):
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert (error["code"], error["param"]) == ("invalid_type", param), error
+
+
+def test_a_missing_body_says_so(http):
+    response = http.post("/tokenize")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert "body is missing" in error["message"] and "None" not in error["message"]

@@ -18,7 +18,7 @@ from openchat.access.scopes import INFERENCE_SCOPE, has_scope
 from openchat.api.admin import add_admin_routes
 from openchat.api.documents import add_document_routes
 from openchat.api.embeddings import create_embeddings
-from openchat.api.errors import install_error_handlers
+from openchat.api.errors import install_error_handlers, openapi_spec
 from openchat.api.responses import add_response_routes
 from openchat.api.routing import Router, RouteTable, caller_scopes
 from openchat.api.streaming import respond
@@ -95,20 +95,24 @@ def create_app(settings: Settings, routes: RouteTable,
     async def detokenize(body: DetokenizeRequest) -> dict:
         return pipeline().detokenize(body)
 
+    # Not an endpoint, so not in the OpenAPI spec: the 404/405 answer for everything else.
     @router.route({"GET", "POST", "PUT", "PATCH", "DELETE"}, "/v1/{path:path}",
-                  scopes=INFERENCE, label="other")
+                  scopes=INFERENCE, label="other", include_in_schema=False)
     async def unknown_endpoint(path: str, request: Request) -> JSONResponse:
         # This catch-all also receives known paths called with the wrong method.
-        known = any(
-            route.matches(request.scope)[0] == Match.PARTIAL
-            for route in app.routes if route.name != "unknown_endpoint"
-        )
-        if known:
+        allowed = sorted({
+            method for route in app.routes if route.name != "unknown_endpoint"
+            and route.matches(request.scope)[0] == Match.PARTIAL
+            for method in getattr(route, "methods", None) or ()
+        })
+        if allowed:
             raise APIError(f"Method {request.method} is not allowed for /v1/{path}.",
-                           status=405, code="method_not_allowed")
+                           status=405, code="method_not_allowed",
+                           headers={"Allow": ", ".join(allowed)})
         raise APIError(f"Unknown endpoint: {request.method} /v1/{path}", status=404,
                        code="unknown_url")
 
+    app.openapi = lambda: openapi_spec(app)
     return app
 
 

@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from starlette.routing import compile_path
 
 from openchat.access.scopes import ADMIN_SCOPE, INFERENCE_SCOPE, forbidden, has_scope
+from openchat.protocol.errors import ErrorBody
 
 KEY_SCOPE_ITEM = "openchat.key"  # where the middleware leaves the authenticated key
 OPEN: frozenset[str] | None = None  # scopes of a route anyone may call, without a key
@@ -68,8 +69,37 @@ class RouteTable:
         return iter(self._specs)
 
 
+_ERRORS = {
+    400: "Invalid request: a parameter is missing, of the wrong type or out of range "
+         "(`param` names it), or the JSON is malformed.",
+    401: "No API key, or an unknown or revoked one.",
+    403: "The key lacks a scope this route or a requested server tool needs.",
+    404: "No such model, resource or endpoint (or it belongs to another key).",
+    413: "The request body is over the configured limit.",
+    429: "A per-key limit (requests, tokens or concurrency) was reached; see Retry-After "
+         "and the x-ratelimit-* headers.",
+    500: "The server failed (a verification of the model's output included).",
+    503: "The engine is starting, restarting or stopping; retry shortly.",
+}
+
+
+def error_responses(methods: set[str], path: str,
+                    scopes: frozenset[str] | None) -> dict[int | str, dict[str, Any]]:
+    """The error statuses a route can answer, each in OpenAI's error shape."""
+    statuses = {400, 500, 503}
+    if scopes is not None:
+        statuses |= {401, 403, 429}
+    if "{" in path or methods & {"POST", "DELETE"}:
+        statuses.add(404)
+    if methods & {"POST", "PUT", "PATCH"}:
+        statuses.add(413)
+    return {status: {"model": ErrorBody, "description": _ERRORS[status]}
+            for status in sorted(statuses)}
+
+
 class Router:
-    """Registers a route family's endpoints on the FastAPI app and in the table at once."""
+    """Registers a route family's endpoints on the FastAPI app and in the table at once;
+    each route's OpenAPI entry lists the errors it can answer."""
 
     def __init__(self, app: FastAPI, table: RouteTable) -> None:
         self.app = app
@@ -77,6 +107,8 @@ class Router:
 
     def route(self, methods: set[str], path: str, *, scopes: frozenset[str] | None,
               label: str | None = None, **kwargs: Any) -> Callable:
+        kwargs.setdefault("responses", error_responses(methods, path, scopes))
+
         def register(endpoint: Callable) -> Callable:
             self.app.add_api_route(path, endpoint, methods=sorted(methods), **kwargs)
             self.table.declare(path, methods, scopes=scopes, label=label)

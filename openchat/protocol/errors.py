@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -42,6 +44,22 @@ class APIError(Exception):
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.type, self.param, self.code)
+
+
+class ErrorDetail(BaseModel):
+    message: str = Field(description="What went wrong, for a person to read.")
+    type: str = Field(description="invalid_request_error, authentication_error, "
+                      "permission_error, not_found_error, rate_limit_error, "
+                      "service_unavailable or server_error.")
+    param: str | None = Field(description="The request parameter at fault, if one is.")
+    code: str | None = Field(description="A stable machine-readable code, e.g. "
+                             "context_length_exceeded, invalid_type, rate_limit_exceeded.")
+
+
+class ErrorBody(BaseModel):
+    """Every error the service answers, on every route (the OpenAPI spec says so)."""
+
+    error: ErrorDetail
 
 
 def error_body(

@@ -39,3 +39,16 @@ def test_chat_bad_option_is_client_error(bento):
     with pytest.raises(bentoml.exceptions.BentoMLException) as excinfo:
         bento.chat(messages=[{"role": "user", "content": "Hi"}], stop=["a", "b", "c", "d", "e"])
     assert excinfo.value.error_code == 400
+
+
+@pytest.mark.parametrize(("body", "headers", "status"), [
+    (b'{"messages": [{"role": "user", "content": "Hi"}], "model": "nope"}',
+     {"Content-Type": "application/json"}, 404),
+    (b'{"messages": "not a list"}', {"Content-Type": "application/json"}, 400),
+    (b"--x\r\n", {"Content-Type": "multipart/form-data"}, 400),  # no boundary
+])
+def test_typed_api_errors_are_in_openai_shape(http, body, headers, status):
+    response = http.post("/chat", content=body, headers=headers)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]

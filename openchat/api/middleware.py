@@ -76,6 +76,7 @@ class AccessMiddleware:
         route = self.routes.find(scope["method"], scope["path"])
         try:
             key = await self._authenticate(scope, route)  # before reading a stranger's body
+            _check_content_type(scope)
             body = await self._read_body(scope, receive)
             fields = _json_fields(body)
             if key is not None:
@@ -183,13 +184,17 @@ class AccessMiddleware:
 
 
 class _Response:
-    """Wraps `send`: adds the request id and rate-limit headers, remembers the status."""
+    """Wraps `send`: adds the request id and rate-limit headers, remembers the status, and
+    puts error bodies that are not in OpenAI's shape (BentoML's typed APIs answer
+    `[{"error": "..."}]`) into it, keeping their status."""
 
     def __init__(self, send, request_id: str) -> None:
         self._send = send
         self.request_id = request_id
         self.extra_headers: dict[str, str] = {}
         self.status: int | None = None
+        self._held: dict[str, Any] | None = None  # an error's start, until its body is read
+        self._error_body: list[bytes] = []
 
     async def send(self, message) -> None:
         if message["type"] == "http.response.start":
@@ -198,6 +203,21 @@ class _Response:
             headers.append((b"x-request-id", self.request_id.encode()))
             headers += [(k.encode(), v.encode()) for k, v in self.extra_headers.items()]
             message = {**message, "headers": headers}
+            if self.status >= 400:
+                self._held = message
+                return
+        elif message["type"] == "http.response.body" and self._held is not None:
+            self._error_body.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            start, body = self._held, _openai_error(self.status, b"".join(self._error_body))
+            self._held = None
+            headers = [(k, v) for k, v in start["headers"]
+                       if k.lower() not in (b"content-length", b"content-type")]
+            headers += [(b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode())]
+            await self._send({**start, "headers": headers})
+            message = {"type": "http.response.body", "body": body}
         await self._send(message)
 
     async def error(self, error: APIError) -> None:
@@ -209,6 +229,31 @@ class _Response:
         await self.send({"type": "http.response.start", "status": error.status,
                          "headers": headers})
         await self.send({"type": "http.response.body", "body": body})
+
+
+def _check_content_type(scope) -> None:
+    """A multipart body without its boundary cannot be parsed (BentoML's typed APIs
+    failed on it with a 500): the client's mistake, said as one."""
+    content_type = (_header(scope, b"content-type") or "").lower()
+    if content_type.startswith("multipart/") and "boundary=" not in content_type:
+        raise APIError("A multipart/form-data body needs its boundary in the Content-Type "
+                       "header (multipart/form-data; boundary=...).",
+                       code="invalid_content_type")
+
+
+def _openai_error(status: int, body: bytes) -> bytes:
+    """`body` if it already is an error in OpenAI's shape, else the same message in it."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = body.decode("utf-8", "replace").strip()
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        return body
+    items = data if isinstance(data, list) else [data]
+    messages = [str(item.get("error") or item.get("detail") or item)
+                if isinstance(item, dict) else str(item) for item in items if item]
+    error = APIError("; ".join(messages) or "Request failed.", status=status)
+    return json.dumps(error.body()).encode()
 
 
 def _replay(body: bytes, receive):

@@ -281,3 +281,11 @@ def test_function_tools_beside_a_json_schema_format(template):
     called = Response.model_validate(respond(template, FakeEngine().reply(CALL),
                                              input="x", tools=[ADD], text=text))
     assert [item.type for item in called.output] == ["function_call"]
+
+
+@pytest.mark.parametrize("fields", [{"tools": [{"type": {}}]}, {"tools": [{"type": 5}]},
+                                    {"input": [{"type": {}}]}, {"input": [{"type": []}]}])
+def test_a_tag_that_is_not_a_string_is_a_validation_error(fields):
+    # Found by schemathesis: {"type": {}} crashed the discriminator (a 500).
+    with pytest.raises(ValueError):
+        ResponseRequest(model="m", **{"input": "x", **fields})

@@ -68,6 +68,8 @@ class FunctionCallOutputItem(_Item):
 def _item_kind(value: Any) -> str:
     """Easy input messages (`{"role", "content"}`) carry no type."""
     kind = (value.get("type") if isinstance(value, dict) else getattr(value, "type", None))
+    if kind is not None and not isinstance(kind, str):
+        return None  # a 400 naming the item, not a crash on an unhashable tag
     if kind in ("file_search_call", "mcp_call"):
         return "server_call"
     return kind or "message"
@@ -174,6 +176,8 @@ class IgnoredTool(BaseModel):
 
 def _tool_kind(value: Any) -> str | None:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    if not isinstance(kind, str):
+        return None  # a 400 naming the tool, not a crash on an unhashable tag
     if kind in IGNORED_HOSTED_TOOLS:
         return "ignored"
     return kind  # anything else that is not below: an error naming the tag

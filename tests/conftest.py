@@ -107,6 +107,15 @@ def service_env(**overrides: str) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL server for one test module (tests/postgres.py)."""
+    from tests.postgres import running_postgres
+
+    with running_postgres() as pg:
+        yield pg
+
+
 @pytest.fixture(scope="session")
 def service(tmp_path_factory) -> RunningService:
     if not (DEV_MODEL / "config.json").exists():

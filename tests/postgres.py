@@ -113,3 +113,20 @@ def _run(as_root: bool, *command: str, check: bool = True) -> None:
     prefix = ["runuser", "-u", SERVER_USER, "--"] if as_root else []
     subprocess.run([*prefix, *command], check=check, capture_output=True, text=True,
                    timeout=60, cwd="/")
+
+
+def store_url(request, tmp_path: Path, filename: str, table: str) -> Iterator[str]:
+    """For a fixture parametrized over ["sqlite", "postgresql"]: a SQLite file in a
+    directory still to be made, or the module's `postgres` server, whose `table` is
+    dropped afterwards (the server is shared by the module: each test starts clean)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/nested/{filename}"
+        return
+    from sqlalchemy import create_engine, text
+
+    url = request.getfixturevalue("postgres").url
+    yield url
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
+    engine.dispose()

@@ -18,28 +18,14 @@ from sqlmodel import SQLModel
 
 from openchat.access.keys import PREFIX_LENGTH, SCOPES, APIKey, KeyStore, hash_secret
 from openchat.access.scopes import ADMIN_SCOPE, INFERENCE_SCOPE, SQL_SCOPE
-from tests.postgres import running_postgres
+from tests.postgres import store_url
 
 OPENCHAT = Path(sys.executable).parent / "openchat"
 
 
-@pytest.fixture(scope="module")
-def postgres():
-    with running_postgres() as pg:
-        yield pg
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def keys_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/nested/keys.db"  # the parent directory is created
-        return
-    url = request.getfixturevalue("postgres").url
-    yield url
-    engine = create_engine(url)  # the server is shared by the module: start clean
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS api_keys"))
-    engine.dispose()
+    yield from store_url(request, tmp_path, "keys.db", "api_keys")
 
 
 @pytest.fixture

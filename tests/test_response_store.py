@@ -6,30 +6,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import create_engine, text
 from sqlmodel import Session
 
 from openchat.storage.responses import ResponseStore, StoredResponse, page
-from tests.postgres import running_postgres
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    with running_postgres() as pg:
-        yield pg
+from tests.postgres import store_url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/nested/responses.db"  # the directory is created
-        return
-    url = request.getfixturevalue("postgres").url
-    yield url
-    engine = create_engine(url)  # the server is shared by the module: start clean
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS responses"))
-    engine.dispose()
+def responses_url(request, tmp_path):
+    yield from store_url(request, tmp_path, "responses.db", "responses")
 
 
 def response(n: int) -> dict:
@@ -41,8 +26,8 @@ def save(store: ResponseStore, n: int, owner: str | None = "key1") -> None:
                owner)
 
 
-def test_saved_response_round_trips_for_its_owner_only(store_url):
-    store = ResponseStore(store_url)
+def test_saved_response_round_trips_for_its_owner_only(responses_url):
+    store = ResponseStore(responses_url)
     save(store, 1)
     found = store.get("resp_1", "key1")
     assert found is not None and found.as_object() == response(1)
@@ -56,15 +41,15 @@ def test_saved_response_round_trips_for_its_owner_only(store_url):
     store.dispose()
 
 
-def test_without_auth_the_owner_is_none_and_everything_is_visible(store_url):
-    store = ResponseStore(store_url)
+def test_without_auth_the_owner_is_none_and_everything_is_visible(responses_url):
+    store = ResponseStore(responses_url)
     save(store, 1, owner=None)
     assert store.get("resp_1", None) is not None
     store.dispose()
 
 
-def test_responses_past_their_age_are_gone(store_url):
-    store = ResponseStore(store_url, max_age_days=1)
+def test_responses_past_their_age_are_gone(responses_url):
+    store = ResponseStore(responses_url, max_age_days=1)
     save(store, 1)
     with Session(store._engine) as session:  # make it two days old
         row = session.get(StoredResponse, "resp_1")
@@ -78,8 +63,8 @@ def test_responses_past_their_age_are_gone(store_url):
     store.dispose()
 
 
-def test_each_key_keeps_at_most_its_cap_newest_first(store_url):
-    store = ResponseStore(store_url, max_per_key=2)
+def test_each_key_keeps_at_most_its_cap_newest_first(responses_url):
+    store = ResponseStore(responses_url, max_per_key=2)
     for n in range(4):
         save(store, n, owner="key1")
     save(store, 9, owner="key2")

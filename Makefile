@@ -10,29 +10,51 @@ LOCK ?= requirements/lock.txt
 # that do not exist; hide that noise, keep everything else (and pip's exit status).
 QUIET_PIP := 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
 
-.PHONY: install serve test lint lock dev-model bench clean
+.PHONY: install serve test test-servers lint lock dev-model bench clean
 
-install: $(BIN)/python
+# `make serve` and `make test` do whatever set-up is missing and skip what is done: the
+# venv from the lock (again when the lock or pyproject.toml change), the project, the dev
+# model, and for the tests the PostgreSQL and Redis servers' OS packages.
+INSTALLED := $(VENV)/.installed
+
+install: $(INSTALLED) $(DEV_MODEL)/config.json
+
+$(INSTALLED): $(LOCK) pyproject.toml | $(BIN)/python
 	set -o pipefail; $(BIN)/pip install -q --no-deps -r $(LOCK) $(QUIET_PIP)
 	set -o pipefail; $(BIN)/pip install --no-deps --no-build-isolation -e . -q $(QUIET_PIP)
+	touch $@
+
+$(DEV_MODEL)/config.json: | $(INSTALLED)
 	$(BIN)/openchat dev-model $(DEV_MODEL)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# The tests start throwaway PostgreSQL and Redis servers from the OS packages: installed
+# here when missing and possible (root with apt-get), else a message saying what to install.
+test-servers:
+	@if compgen -G "/usr/lib/postgresql/*/bin/initdb" > /dev/null && command -v redis-server > /dev/null; then \
+		exit 0; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server; \
+	else \
+		echo "The tests need PostgreSQL and Redis installed (not running): e.g." \
+		     "sudo apt-get install postgresql redis-server" >&2; exit 1; \
+	fi
+
 # Serves on port 11402; OPENCHAT_MODEL may name a local checkpoint or a Hugging Face id.
 # Development only: without OPENCHAT_ADMIN_KEY it bootstraps the admin key below.
 DEV_ADMIN_KEY := oc-dev-admin-key-for-local-use-only
-serve:
+serve: install
 	OPENCHAT_MODEL=$${OPENCHAT_MODEL:-$(DEV_MODEL)} \
 	OPENCHAT_ADMIN_KEY=$${OPENCHAT_ADMIN_KEY:-$(DEV_ADMIN_KEY)} \
 	$(BIN)/bentoml serve service:OpenChat
 
-test: lint
+test: install test-servers lint
 	$(BIN)/python -m pytest
 
 # The layers of openchat/ and tools/ (pyproject.toml [tool.importlinter], docs/architecture.md).
-lint:
+lint: install
 	$(BIN)/lint-imports
 
 dev-model:

@@ -52,6 +52,8 @@ def chat_request(request: ResponseRequest, items: Sequence[Item]) -> ChatComplet
         if isinstance(item, MessageItem):
             messages.append(ChatMessage(role=item.role, content=item.text()))
         elif isinstance(item, FunctionCallItem):
+            if item.status == "incomplete":
+                continue  # a call cut off by the token limit was never made
             call = {"id": item.call_id, "type": "function",
                     "function": {"name": item.name, "arguments": item.arguments}}
             last = messages[-1] if messages else None

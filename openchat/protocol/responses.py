@@ -52,6 +52,8 @@ class FunctionCallItem(_Item):
     call_id: str = Field(min_length=1, max_length=256)
     name: str = Field(min_length=1, max_length=64)
     arguments: str
+    # "incomplete": cut off by max_output_tokens, its arguments unfinished JSON
+    status: str | None = None
 
 
 class FunctionCallOutputItem(_Item):

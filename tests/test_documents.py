@@ -379,3 +379,12 @@ def test_cli_reports_bad_files_and_ingests_the_rest(tmp_path: Path, embedder: Em
 def test_cli_refuses_a_bad_collection_name(tmp_path: Path, cli_config: Path) -> None:
     done = run_cli("ingest", str(CORPUS), "--collection", "x", data=tmp_path, config=cli_config)
     assert done.returncode == 1 and "invalid collection name 'x'" in done.stderr
+
+
+def test_one_input_of_token_ids_counts_as_one_input_however_long():
+    from openchat.api.embeddings import _texts
+    from openchat.protocol.requests import EmbeddingRequest
+
+    ids = [15339, 1917] * 150  # 300 ids: one input, not 300
+    (text,) = _texts(EmbeddingRequest(model="m", input=ids), max_inputs=256)
+    assert text.startswith("hello world")

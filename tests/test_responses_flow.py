@@ -304,3 +304,23 @@ def test_a_call_cut_off_earlier_is_not_replayed(template):
         {"type": "function_call_output", "call_id": "call_1", "output": "7"}])
     prompt = template.tokenizer.decode(engine.calls[0].prompt_ids)
     assert prompt.count('{"name":"add","arguments":') == 1  # the complete call only
+
+
+def test_a_failed_file_search_ends_with_its_item_not_an_unknown_event(template):
+    class Broken(FakeDocuments):
+        def search(self, collection, query, top_k):
+            raise RuntimeError("vector store down")
+
+    engine = FakeEngine().reply(SEARCH_CALL).reply("Sorry.")
+
+    async def drain():
+        request = ResponseRequest(model="openchat-3.5", input="x", tools=[FILE_SEARCH],
+                                  stream=True)
+        pipeline = Pipeline(Settings(), engine, template, tools=Registry(),
+                            documents=Broken())
+        events = await pipeline.respond(request, [], "resp_f")
+        return [EVENTS[e["type"]].model_validate(e) async for e in events]
+    events = asyncio.run(drain())  # every event is one of the openai package's types
+    done = [e for e in events if e.type == "response.output_item.done"
+            and e.item.type == "file_search_call"]
+    assert done[0].item.status == "failed"

@@ -53,8 +53,6 @@ def _as_texts(raw: str | list[str] | list[int] | list[list[int]]) -> list[str]:
 
 
 def _texts(request: EmbeddingRequest, max_inputs: int) -> list[str]:
-    if isinstance(request.input, list) and len(request.input) > max_inputs:
-        raise invalid_param("input", f"At most {max_inputs} inputs are allowed per request.")
     texts = _as_texts(request.input)
     if not texts:
         raise invalid_param("input", "input must not be empty.")

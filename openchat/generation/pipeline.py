@@ -9,6 +9,7 @@ results are response objects (whole) or async iterators of chunk dicts (streamed
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -89,7 +90,7 @@ class Pipeline:
         chat_request = responses.chat_request(request, items + request.input_items())
         source: responses.Source
         if chat_request.server_tools is not None:
-            source = self._server_tool_run(request, chat_request, allowed)
+            source = await self._server_tool_run(request, chat_request, allowed)
         else:
             source = responses.Generation(self.engine, self.preparer.chat(chat_request))
         self._check_engine()
@@ -97,15 +98,17 @@ class Pipeline:
             return responses.stream_response(request, source, response_id)
         return await responses.create_response(request, source, response_id)
 
-    def _server_tool_run(self, request: ResponseRequest, chat_request: ChatCompletionRequest,
-                         allowed: Callable[[Tool], bool] | None) -> responses.ServerToolRun:
+    async def _server_tool_run(self, request: ResponseRequest,
+                               chat_request: ChatCompletionRequest,
+                               allowed: Callable[[Tool], bool] | None,
+                               ) -> responses.ServerToolRun:
         """The tool loop for a response with server tools; its file_search, if any, is a
         tool of this request only."""
         registry, search = self.tools, None
         spec = request.file_search()
         if spec is not None:
             search = FileSearch(self.document_store(), spec)
-            search.check()
+            await asyncio.to_thread(search.check)  # Chroma may be a server: off the loop
             registry = Registry({**self.tools.tools, FILE_SEARCH: search.tool()})
         tools = toolloop.select_server_tools(chat_request, registry, self.settings.tools,
                                              allowed)

@@ -116,19 +116,22 @@ class ResponseAssembler:
                                      arguments=item["arguments"]),
                           self.event("response.mcp_call.in_progress", **self._where(item))]
         failed = entry.status != "ok"
+        item["status"] = "failed" if failed else "completed"
+        out = []
         if item["type"] == "file_search_call":
-            item["status"] = "failed" if failed else "completed"
-            if RESULTS_INCLUDE in (self.request.include or []) and not failed:
-                item["results"] = _search_results(entry.result)
-            done = "failed" if failed else "completed"
-            out = [self.event(f"response.file_search_call.{done}", **self._where(item))]
+            # OpenAI's stream has no file_search_call.failed event: a failed search is
+            # told by the item's status in output_item.done alone.
+            if not failed:
+                if RESULTS_INCLUDE in (self.request.include or []):
+                    item["results"] = _search_results(entry.result)
+                out.append(self.event("response.file_search_call.completed",
+                                      **self._where(item)))
         else:
-            item["status"] = "failed" if failed else "completed"
             item["output"] = entry.result
             if failed:
                 item["error"] = {"type": "mcp_tool_execution_error", "content": entry.result}
-            done = "failed" if failed else "completed"
-            out = [self.event(f"response.mcp_call.{done}", **self._where(item))]
+            out.append(self.event(f"response.mcp_call.{item['status']}",
+                                  **self._where(item)))
         return out + [self.event("response.output_item.done", **self._where(item, id=False),
                                  item=_copy(item))]
 

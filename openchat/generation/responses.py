@@ -20,7 +20,7 @@ from openchat.generation.answer import Answer
 from openchat.generation.engine import EngineClient, cached_tokens, engine_error
 from openchat.generation.events import AnswerEvent, ToolProgress
 from openchat.generation.file_search import FileSearch
-from openchat.generation.preparation import PreparedChat, Preparer
+from openchat.generation.preparation import PreparedChat
 from openchat.generation.response_items import (
     FILE_SEARCH,
     Citations,
@@ -109,12 +109,6 @@ def _response_format(request: ResponseRequest) -> dict[str, Any] | None:
     if text_format.strict is not None:
         spec["strict"] = text_format.strict
     return {"type": "json_schema", "json_schema": spec}
-
-
-def prepare(preparer: Preparer, request: ResponseRequest,
-            items: Sequence[Item]) -> PreparedChat:
-    """The one generation for `items` (no server tools); raises 4xx before the engine."""
-    return preparer.chat(chat_request(request, items))
 
 
 # -- where the events come from ---------------------------------------------------------

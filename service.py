@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from openchat.access.scopes import DOCUMENTS_SCOPE, INFERENCE_SCOPE
 from openchat.api.app import create_app
+from openchat.api.drain import Drain
 from openchat.api.middleware import AccessMiddleware
 from openchat.api.routing import RouteTable, declare_bentoml_routes
 from openchat.config import Condition, get_settings
@@ -36,6 +37,7 @@ SETTINGS = get_settings()
 logger = logging.getLogger("openchat")
 
 _pipeline: Pipeline | None = None  # set once the engine has started
+DRAIN = Drain(SETTINGS.service.shutdown_grace_s)  # SIGTERM: finish what runs, then stop
 # Every route with the scopes it needs: the OpenAI app's, BentoML's own, the typed APIs'.
 ROUTES = RouteTable()
 openai_app = create_app(SETTINGS, ROUTES, lambda: _pipeline)
@@ -98,6 +100,8 @@ def _restart_worker() -> None:
     import signal
 
     global _pipeline
+    if DRAIN.draining:  # the engine ended its own drain after SIGTERM: nothing is wrong
+        return
     _pipeline = None  # new requests: 503 while the worker restarts
     loop = asyncio.get_running_loop()
     if "BENTOML_CONTAINERIZED" in os.environ:
@@ -105,6 +109,7 @@ def _restart_worker() -> None:
         loop.call_later(1.0, _stop_whole_server)
     else:
         logger.critical("restarting this worker to get a working engine")
+        DRAIN.server_stops = False  # the next worker listens on the same socket
         loop.call_later(1.0, os.kill, os.getpid(), signal.SIGTERM)
 
 
@@ -142,7 +147,7 @@ class OpenChat:
                     ", ".join(p.model_id for p in SETTINGS.presets.values()))
 
     def __is_ready__(self) -> bool:
-        return self.engine.is_healthy
+        return self.engine.is_healthy and not DRAIN.draining
 
     def __is_alive__(self) -> bool:
         return self.engine.is_healthy
@@ -152,6 +157,7 @@ class OpenChat:
         """If the engine dies, fail readiness and restart this worker: BentoML's process
         manager starts a new one (with a new engine); requests meanwhile get 503."""
         self._watchdog = asyncio.create_task(self.engine.watch(_restart_worker))
+        DRAIN.install(on_expired=self.engine.abort_all)
 
     @bentoml.on_shutdown
     def stop_engine(self) -> None:
@@ -267,4 +273,4 @@ class OpenChat:
 
 # Keys, scopes, rate limits, body limit, request ids and the audit log for every route:
 # the OpenAI app, the typed APIs, the probes and /metrics (openchat/api/middleware.py).
-OpenChat.add_asgi_middleware(AccessMiddleware, settings=SETTINGS, routes=ROUTES)
+OpenChat.add_asgi_middleware(AccessMiddleware, settings=SETTINGS, routes=ROUTES, drain=DRAIN)

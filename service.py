@@ -124,7 +124,9 @@ def _restart_worker() -> None:
 @bentoml.service(
     name=SETTINGS.service.name,
     resources=SETTINGS.service.resources,
-    traffic=SETTINGS.service.traffic.model_dump(),
+    # The access middleware enforces timeout and max_concurrency itself, answering in
+    # OpenAI's error shape; BentoML's own (outside it) only backs the timeout up.
+    traffic={"timeout": SETTINGS.service.traffic.timeout + 30},
     http={"port": SETTINGS.service.port},
 )
 @bentoml.asgi_app(openai_app, path="/")

@@ -7,6 +7,7 @@ unix socket inside that directory; everything is stopped and deleted on exit.
 
 from __future__ import annotations
 
+import glob
 import os
 import secrets
 import shutil
@@ -26,7 +27,8 @@ DATABASE = "openchat"
 OWNER = "openchat"
 READER = "openchat_reader"
 SERVER_USER = "postgres"  # the OS user (and superuser role) when we run as root
-BIN_DIRS = ["/usr/lib/postgresql/15/bin"]
+# Debian's packages put the server's programs in a directory per major version.
+BIN_DIRS = sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ def _binary(name: str) -> str:
         (str(Path(d) / name) for d in BIN_DIRS if (Path(d) / name).exists()), None)
     if found is None:
         raise RuntimeError(f"PostgreSQL's {name} is not installed (not on PATH nor in "
-                           f"{', '.join(BIN_DIRS)}); install postgresql-15 to run these tests")
+                           "/usr/lib/postgresql/*/bin); install postgresql to run these tests")
     return found
 
 

@@ -43,6 +43,7 @@ class AccessMiddleware:
                  drain: Drain | None = None) -> None:
         self.app = app
         self.drain = drain or Drain(0)
+        self.traffic = settings.service.traffic
         self.routes = routes
         self.settings = settings.auth
         self.context = settings.engine.max_model_len
@@ -85,8 +86,11 @@ class AccessMiddleware:
         key = ticket = None
         route = self.routes.find(scope["method"], scope["path"])
         try:
-            if self.drain.refusing() and scope["path"] not in _ALWAYS_ANSWERED:
-                raise _shutting_down()
+            if scope["path"] not in _ALWAYS_ANSWERED:
+                if self.drain.refusing():
+                    raise _shutting_down()
+                if self.drain.in_flight > self.traffic.max_concurrency:  # this one counted
+                    raise _busy(self.traffic.max_concurrency)
             key = await self._authenticate(scope, route)  # before reading a stranger's body
             _check_content_type(scope)
             body = await self._read_body(scope, receive)
@@ -94,7 +98,7 @@ class AccessMiddleware:
             if key is not None:
                 ticket = await self._admit(key, fields, len(body))
                 response.extra_headers = ticket.headers
-            await self.app(scope, _replay(body, receive), response.send)
+            await self._run_app(scope, _replay(body, receive), response)
         except APIError as error:
             if error.headers:
                 response.extra_headers = error.headers
@@ -109,6 +113,26 @@ class AccessMiddleware:
                 self._measure(route, fields, response.status, meter, started)
 
     # -- steps ------------------------------------------------------------------------------
+
+    async def _run_app(self, scope, receive, response: _Response) -> None:
+        """The app, cut off with 504 if it has not started its response within
+        `traffic.timeout` (a stream that has started runs on, as with BentoML's own
+        timeout, which stays behind this one as a backstop)."""
+        app = asyncio.ensure_future(self.app(scope, receive, response.send))
+        started = asyncio.ensure_future(response.started.wait())
+        try:
+            await asyncio.wait({app, started}, timeout=self.traffic.timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            started.cancel()
+            if not app.done() and not response.started.is_set():
+                app.cancel()  # cancelling aborts its engine requests
+                await asyncio.wait({app})
+        if app.cancelled() and not response.started.is_set():
+            raise APIError(f"The request did not finish within {self.traffic.timeout} "
+                           "seconds (service.traffic.timeout).", status=504, type="timeout",
+                           code="timeout")
+        await app
 
     async def _read_body(self, scope, receive) -> bytes:
         """The whole body (it is replayed to the app); 413 past the limit."""
@@ -205,12 +229,14 @@ class _Response:
         self.request_id = request_id
         self.extra_headers: dict[str, str] = {}
         self.status: int | None = None
+        self.started = asyncio.Event()  # the response's status line is on its way
         self._held: dict[str, Any] | None = None  # an error's start, until its body is read
         self._error_body: list[bytes] = []
 
     async def send(self, message) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
+            self.started.set()
             headers = list(message.get("headers", []))
             headers.append((b"x-request-id", self.request_id.encode()))
             headers += [(k.encode(), v.encode()) for k, v in self.extra_headers.items()]
@@ -319,6 +345,12 @@ def _header(scope, name: bytes) -> str | None:
         if key.lower() == name:
             return value.decode("latin-1")
     return None
+
+
+def _busy(limit: int) -> APIError:
+    return APIError(f"The server is busy: {limit} requests are already running here "
+                    "(service.traffic.max_concurrency); retry shortly.", status=429,
+                    type="server_busy", code="server_busy", headers={"Retry-After": "1"})
 
 
 def _shutting_down() -> APIError:

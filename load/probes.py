@@ -1,0 +1,169 @@
+"""Does the server stay responsive while it generates long answers?
+
+Starts the service (and with --vllm raw `vllm serve`, load/bench.py's `make_targets`),
+then, while `--long` answers of `--tokens` tokens run (half streamed, half collected
+whole, `ignore_eos`), times what a load balancer and other clients send meanwhile:
+the readiness probe every 0.25 s, /metrics every second and a short chat (4 tokens)
+every second. Kubernetes' default probe timeout is 1 s.
+
+The prober runs in this process; its own wait for a CPU is read from the kernel
+(/proc/self/schedstat: time runnable but not running) and reported, so a slow answer can
+be told from a client that was itself waiting for a core.
+
+Usage:  .venv/bin/python load/probes.py                      # 4 long answers of 4000 tokens
+        .venv/bin/python load/probes.py --long 2 --tokens 6000 --vllm
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from bench import MODEL_ID, ROOT, make_targets
+
+SHORT = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+
+
+def _run_queue_wait_s() -> float:
+    """Seconds this process's threads have spent runnable but off the CPU."""
+    total = 0
+    for task in Path("/proc/self/task").iterdir():
+        total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
+
+
+async def _long_answer(client: httpx.AsyncClient, url: str, tokens: int, stream: bool,
+                       prompt: str) -> float:
+    body = {"model": MODEL_ID, "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": tokens, "ignore_eos": True, "stream": stream}
+    started = time.monotonic()
+    if stream:
+        async with client.stream("POST", url, json=body) as response:
+            async for _ in response.aiter_lines():
+                pass
+    else:
+        (await client.post(url, json=body)).raise_for_status()
+    return time.monotonic() - started
+
+
+async def _probe(client: httpx.AsyncClient, method: str, url: str, every: float,
+                 until: asyncio.Event, samples: list[float], **kwargs) -> None:
+    while not until.is_set():
+        started = time.monotonic()
+        try:
+            await client.request(method, url, **kwargs)
+            samples.append(time.monotonic() - started)
+        except httpx.HTTPError:
+            samples.append(float("inf"))
+        await asyncio.sleep(max(0.0, every - (time.monotonic() - started)))
+
+
+async def run(target, args) -> dict:
+    await target.wait_ready(args.startup_timeout)
+    base = target.base_url
+    chat = f"{base}/v1/chat/completions"
+    limits = httpx.Limits(max_connections=64)
+    async with httpx.AsyncClient(timeout=600, headers=target.headers, limits=limits) as client:
+        await client.post(chat, json=SHORT)  # warm
+        done = asyncio.Event()
+        samples: dict[str, list[float]] = {"readiness": [], "metrics": [], "short_chat": []}
+        ready_path = target.ready_path
+        probes = [
+            asyncio.create_task(_probe(client, "GET", base + ready_path, 0.25, done,
+                                       samples["readiness"])),
+            asyncio.create_task(_probe(client, "GET", f"{base}/metrics", 1.0, done,
+                                       samples["metrics"])),
+            asyncio.create_task(_probe(client, "POST", chat, 1.0, done, samples["short_chat"],
+                                       json=SHORT)),
+        ]
+        wait_before = _run_queue_wait_s()
+        started = time.monotonic()
+        durations = await asyncio.gather(*[
+            _long_answer(client, chat, args.tokens, stream=i % 2 == 0,
+                         prompt=f"Tell a long story, number {i}.")
+            for i in range(args.long)])
+        wall = time.monotonic() - started
+        done.set()
+        await asyncio.gather(*probes)
+    own_wait = _run_queue_wait_s() - wait_before
+    return {
+        "long_answers": {"count": args.long, "tokens": args.tokens,
+                         "seconds": [round(d, 1) for d in durations]},
+        "wall_s": round(wall, 1),
+        "prober_run_queue_wait_s": round(own_wait, 2),
+        **{name: _summary(values) for name, values in samples.items()},
+    }
+
+
+def _summary(values: list[float]) -> dict:
+    finite = sorted(v for v in values if v != float("inf"))
+    if not finite:
+        return {"n": len(values), "failed": len(values)}
+    return {"n": len(values), "failed": len(values) - len(finite),
+            "p50_ms": round(statistics.median(finite) * 1000, 1),
+            "p95_ms": round(finite[int(0.95 * (len(finite) - 1))] * 1000, 1),
+            "max_ms": round(finite[-1] * 1000, 1),
+            "over_1s": sum(v > 1 for v in values)}
+
+
+def table(results: dict) -> str:
+    lines = ["| target | probe | n | p50 ms | p95 ms | max ms | over 1 s |",
+             "|---|---|---|---|---|---|---|"]
+    for name, result in results["targets"].items():
+        for probe in ("readiness", "metrics", "short_chat"):
+            s = result[probe]
+            lines.append(f"| {name} | {probe} | {s['n']} | {s.get('p50_ms')} | "
+                         f"{s.get('p95_ms')} | {s.get('max_ms')} | {s.get('over_1s')} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=".models/openchat-dev")
+    p.add_argument("--long", type=int, default=4, help="long answers running together")
+    p.add_argument("--tokens", type=int, default=4000)
+    p.add_argument("--vllm", action="store_true", help="measure raw vLLM too")
+    p.add_argument("--vllm-port", type=int, default=18431)
+    p.add_argument("--service-port", type=int, default=18432)
+    p.add_argument("--startup-timeout", type=float, default=600)
+    p.add_argument("--out", default=str(ROOT / "load" / "probes.json"))
+    args = p.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="openchat-probes-"))
+    targets = make_targets(args, tmp)
+    results = {}
+    for key in ["service"] + (["vllm"] if args.vllm else []):
+        target = targets[key]
+        if key == "vllm":
+            target.headers = {}
+        print(f"== {target.name}", flush=True)
+        target.start()
+        try:
+            results[target.name] = asyncio.run(run(target, args))
+        finally:
+            target.stop()
+    report = {
+        "config": {k: v for k, v in vars(args).items()},
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                 capture_output=True, text=True).stdout.strip(),
+        "machine": {"cpus": len(os.sched_getaffinity(0)),
+                    "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "logs": str(tmp),
+        "targets": results,
+    }
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    print(table(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""End-to-end: while long answers generate (streamed and collected whole), the worker
+still answers probes, /metrics and a short request promptly. Kubernetes kills a pod whose
+probes time out (1 s by default), so one long request must never starve them. The bound
+here is loose (it catches a blocked event loop, which delays every probe until the
+answer ends); the figures are measured by load/probes.py (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import AUTH
+
+pytestmark = pytest.mark.e2e
+
+SHORT = {"model": "openchat-3.5", "messages": [{"role": "user", "content": "Hi"}],
+         "max_tokens": 2}
+
+
+def test_probes_and_short_requests_answer_while_long_answers_run(base_url):
+    async def scenario() -> dict[str, float]:
+        async with httpx.AsyncClient(base_url=base_url, headers=AUTH, timeout=300) as client:
+            async def long_answer(stream: bool) -> None:
+                body = {**SHORT, "max_tokens": 1500, "ignore_eos": True, "stream": stream}
+                if stream:
+                    async with client.stream("POST", "/v1/chat/completions",
+                                             json=body) as response:
+                        async for _ in response.aiter_lines():
+                            pass
+                else:
+                    (await client.post("/v1/chat/completions", json=body)).raise_for_status()
+
+            slowest = {"/readyz": 0.0, "/metrics": 0.0, "short chat": 0.0}
+            answers = asyncio.gather(long_answer(True), long_answer(False))
+            await asyncio.sleep(2)  # both are generating
+            while not answers.done():
+                for name in slowest:
+                    started = time.monotonic()
+                    if name == "short chat":
+                        answer = await client.post("/v1/chat/completions", json=SHORT)
+                    else:
+                        answer = await client.get(name)
+                    assert answer.status_code == 200, (name, answer.text)
+                    slowest[name] = max(slowest[name], time.monotonic() - started)
+                await asyncio.sleep(0.5)
+            await answers
+            return slowest
+
+    slowest = asyncio.run(scenario())
+    assert all(seconds < 5 for seconds in slowest.values()), slowest

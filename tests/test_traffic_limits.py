@@ -1,0 +1,51 @@
+"""End-to-end: BentoML's own traffic limits (service.traffic: max_concurrency, timeout)
+answer in OpenAI's error shape like everything else, and a timed-out request frees its
+engine slot. A service of its own, with a limit of one request and a 3 s timeout."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.conftest import AUTH, RunningService, service_env
+
+pytestmark = pytest.mark.e2e
+
+
+def _chat(url: str, tokens: int) -> httpx.Response:
+    body = {"model": "openchat-3.5", "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": tokens, "ignore_eos": True}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=60)
+
+
+def _assert_openai_error(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert error["message"]
+    return error
+
+
+def test_concurrency_limit_and_timeout_answer_in_openai_shape(tmp_path):
+    running = RunningService(service_env(OPENCHAT_SERVICE__TRAFFIC__MAX_CONCURRENCY="1",
+                                         OPENCHAT_SERVICE__TRAFFIC__TIMEOUT="3"),
+                             tmp_path / "log")
+    try:
+        running.wait_ready()
+        with ThreadPoolExecutor(1) as pool:
+            started = time.monotonic()
+            long = pool.submit(_chat, running.url, 8000)  # far longer than 3 s
+            time.sleep(1)
+            _assert_openai_error(_chat(running.url, 2), 429)
+            timed_out = long.result(timeout=60)
+        _assert_openai_error(timed_out, 504)
+        assert time.monotonic() - started < 20
+        # The timed-out request's engine slot is free again: a short one runs at once.
+        assert _chat(running.url, 2).status_code == 200
+        assert "aborted: the client went away" in running.log() \
+            or "request aborted" in running.log()
+    finally:
+        running.stop()

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from openchat.access.scopes import DOCUMENTS_SCOPE, INFERENCE_SCOPE
 from openchat.api.app import create_app
+from openchat.api.docs import DocsMiddleware, combined_spec
 from openchat.api.drain import Drain
 from openchat.api.middleware import AccessMiddleware
 from openchat.api.routing import RouteTable, declare_bentoml_routes
@@ -313,3 +314,6 @@ class OpenChat:
 # Keys, scopes, rate limits, body limit, request ids and the audit log for every route:
 # the OpenAI app, the typed APIs, the probes and /metrics (openchat/api/middleware.py).
 OpenChat.add_asgi_middleware(AccessMiddleware, settings=SETTINGS, routes=ROUTES, drain=DRAIN)
+# /docs.json as one true OpenAPI 3.1 document: the OpenAI app's spec and the typed APIs'.
+OpenChat.add_asgi_middleware(DocsMiddleware, build=lambda: combined_spec(
+    OpenChat.openapi_spec.asdict(), openai_app.openapi(), ROUTES))

@@ -3,8 +3,8 @@
 Starts the service (and with --vllm raw `vllm serve`, load/bench.py's `make_targets`),
 then, while `--long` answers of `--tokens` tokens run (half streamed, half collected
 whole, `ignore_eos`), times what a load balancer and other clients send meanwhile:
-the readiness probe every 0.25 s, /metrics every second and a short chat (4 tokens)
-every second. Kubernetes' default probe timeout is 1 s.
+the readiness probe every 0.25 s, /metrics every second and a short completion (4
+tokens) every second. Kubernetes' default probe timeout is 1 s.
 
 The prober runs in this process; its own wait for a CPU is read from the kernel
 (/proc/self/schedstat: time runnable but not running) and reported, so a slow answer can
@@ -29,7 +29,8 @@ from pathlib import Path
 import httpx
 from bench import MODEL_ID, ROOT, make_targets
 
-SHORT = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+# Completions with a text prompt: raw vLLM serves them without a chat template.
+SHORT = {"model": MODEL_ID, "prompt": "Hi", "max_tokens": 4}
 
 
 def _run_queue_wait_s() -> float:
@@ -42,8 +43,8 @@ def _run_queue_wait_s() -> float:
 
 async def _long_answer(client: httpx.AsyncClient, url: str, tokens: int, stream: bool,
                        prompt: str) -> float:
-    body = {"model": MODEL_ID, "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": tokens, "ignore_eos": True, "stream": stream}
+    body = {"model": MODEL_ID, "prompt": prompt, "max_tokens": tokens, "ignore_eos": True,
+            "stream": stream}
     started = time.monotonic()
     if stream:
         async with client.stream("POST", url, json=body) as response:
@@ -69,19 +70,19 @@ async def _probe(client: httpx.AsyncClient, method: str, url: str, every: float,
 async def run(target, args) -> dict:
     await target.wait_ready(args.startup_timeout)
     base = target.base_url
-    chat = f"{base}/v1/chat/completions"
+    chat = f"{base}/v1/completions"
     limits = httpx.Limits(max_connections=64)
     async with httpx.AsyncClient(timeout=600, headers=target.headers, limits=limits) as client:
         await client.post(chat, json=SHORT)  # warm
         done = asyncio.Event()
-        samples: dict[str, list[float]] = {"readiness": [], "metrics": [], "short_chat": []}
+        samples: dict[str, list[float]] = {"readiness": [], "metrics": [], "short_request": []}
         ready_path = target.ready_path
         probes = [
             asyncio.create_task(_probe(client, "GET", base + ready_path, 0.25, done,
                                        samples["readiness"])),
             asyncio.create_task(_probe(client, "GET", f"{base}/metrics", 1.0, done,
                                        samples["metrics"])),
-            asyncio.create_task(_probe(client, "POST", chat, 1.0, done, samples["short_chat"],
+            asyncio.create_task(_probe(client, "POST", chat, 1.0, done, samples["short_request"],
                                        json=SHORT)),
         ]
         wait_before = _run_queue_wait_s()
@@ -118,7 +119,7 @@ def table(results: dict) -> str:
     lines = ["| target | probe | n | p50 ms | p95 ms | max ms | over 1 s |",
              "|---|---|---|---|---|---|---|"]
     for name, result in results["targets"].items():
-        for probe in ("readiness", "metrics", "short_chat"):
+        for probe in ("readiness", "metrics", "short_request"):
             s = result[probe]
             lines.append(f"| {name} | {probe} | {s['n']} | {s.get('p50_ms')} | "
                          f"{s.get('p95_ms')} | {s.get('max_ms')} | {s.get('over_1s')} |")

@@ -33,3 +33,38 @@ def test_fuzzing_the_spec_finds_no_server_error_and_no_undocumented_answer(base_
     report = run.stdout + run.stderr
     assert run.returncode == 0, report[-6000:]
     assert "generated" in report and "0 generated" not in report, report[-2000:]
+
+
+def test_docs_json_is_one_true_openapi_31_document(http):
+    """BentoML's /docs.json (read by its Swagger UI) is our combined spec: valid 3.1, the
+    typed APIs' errors in OpenAI's shape, no FastAPI 422 anywhere."""
+    import jsonschema
+    from schemathesis.specs.openapi.definitions import OPENAPI_31
+
+    spec = http.get("/docs.json").json()
+    jsonschema.Draft202012Validator(OPENAPI_31).validate(spec)
+    assert spec["openapi"] == "3.1.0"
+    assert {"/chat", "/generate", "/ask", "/extract", "/v1/chat/completions",
+            "/v1/responses", "/readyz"} <= set(spec["paths"])
+    error = {"$ref": "#/components/schemas/ErrorBody"}
+    for path in ("/chat", "/extract", "/v1/chat/completions"):
+        responses = spec["paths"][path]["post"]["responses"]
+        assert {"400", "401", "429"} <= set(responses), (path, sorted(responses))
+        assert all(answer["content"]["application/json"]["schema"] == error
+                   for code, answer in responses.items() if code >= "400"), path
+    assert '"422"' not in str(spec) and "'422'" not in str(spec)
+
+
+def test_fuzzing_the_typed_apis_finds_no_server_error(base_url, tmp_path):
+    run = subprocess.run(
+        [str(ST), "run", f"{base_url}/docs.json",
+         "--header", f"Authorization: Bearer {ADMIN_KEY}",
+         "--checks", CHECKS, "--phases", "coverage,fuzzing",
+         "--max-examples", "10", "--request-timeout", "60", "--seed", "1",
+         "--include-path-regex", "^/(chat|extract|ask|generate)$"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "NO_COLOR": "1"},
+    )
+    report = run.stdout + run.stderr
+    assert run.returncode == 0, report[-6000:]
+    assert "generated" in report and "0 generated" not in report, report[-2000:]

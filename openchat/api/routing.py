@@ -80,6 +80,7 @@ _ERRORS = {
          "and the x-ratelimit-* headers.",
     500: "The server failed (a verification of the model's output included).",
     503: "The engine is starting, restarting or stopping; retry shortly.",
+    504: "No response started within the service's timeout (service.traffic.timeout).",
 }
 
 
@@ -88,7 +89,7 @@ def error_responses(methods: set[str], path: str,
     """The error statuses a route can answer, each in OpenAI's error shape."""
     statuses = {400, 500, 503}
     if scopes is not None:
-        statuses |= {401, 403, 429}
+        statuses |= {401, 403, 429, 504}
     if "{" in path or methods & {"POST", "DELETE"}:
         statuses.add(404)
     if methods & {"POST", "PUT", "PATCH"}:

@@ -152,11 +152,13 @@ class OpenChat:
         """If the engine dies, fail readiness and restart this worker: BentoML's process
         manager starts a new one (with a new engine); requests meanwhile get 503."""
         self._watchdog = asyncio.create_task(self.engine.watch(_restart_worker))
+        openai_app.state.batch_runner.start()  # batch lines, in the background
 
     @bentoml.on_shutdown
     def stop_engine(self) -> None:
         global _pipeline
         _pipeline = None
+        openai_app.state.batch_runner.stop()  # its lines in flight go back to the queue
         self.engine.shutdown()
         self.sources.close()
 

@@ -19,10 +19,10 @@ from collections.abc import Callable
 from fastapi import Depends, Request
 
 from openchat.access.scopes import BATCH_SCOPE, INFERENCE_SCOPE
-from openchat.api.routing import Router, caller_key_id, caller_scopes
+from openchat.api.routing import Router, caller_key_id, caller_scopes, error_responses
 from openchat.config import BatchSettings
 from openchat.protocol.batches import BatchCreateRequest, BatchListQuery, parse_batch_file
-from openchat.protocol.errors import APIError
+from openchat.protocol.errors import APIError, ErrorBody
 from openchat.storage.batches import BatchStore, StoredBatch
 from openchat.storage.files import FileStore
 
@@ -76,8 +76,12 @@ def add_batch_routes(router: Router, batches: Callable[[], BatchStore],
 
         return await asyncio.to_thread(page)
 
-    @router.post("/v1/batches/{batch_id}/cancel", scopes=BATCH,
-                 label="/v1/batches/{id}/cancel")
+    cancel_path = "/v1/batches/{batch_id}/cancel"
+
+    @router.post(cancel_path, scopes=BATCH, label="/v1/batches/{id}/cancel", responses={
+        **error_responses({"POST"}, cancel_path, BATCH),
+        409: {"model": ErrorBody, "description": "The batch has ended (completed, failed "
+              "or expired): there is nothing to cancel."}})
     async def cancel_batch(batch_id: str, request: Request) -> dict:
         owner = caller_key_id(request)
         batch = await _stored(batches(), batch_id, owner)

@@ -20,7 +20,7 @@ from fastapi import Depends, File, Form, Request, UploadFile
 from starlette.responses import Response
 
 from openchat.access.scopes import BATCH_SCOPE
-from openchat.api.routing import Router, caller_key_id
+from openchat.api.routing import Router, caller_key_id, error_responses
 from openchat.config import BatchSettings
 from openchat.protocol.batches import FileListQuery, parse_batch_file
 from openchat.protocol.errors import APIError, invalid_param
@@ -61,7 +61,13 @@ def add_file_routes(router: Router, files: Callable[[], FileStore],
     async def retrieve_file(file_id: str, request: Request) -> dict:
         return (await _stored(files(), file_id, caller_key_id(request))).as_object()
 
-    @router.get("/v1/files/{file_id}/content", scopes=BATCH, label="/v1/files/{id}/content")
+    content_path = "/v1/files/{file_id}/content"
+
+    @router.get(content_path, scopes=BATCH, label="/v1/files/{id}/content",
+                response_class=Response, responses={
+                    **error_responses({"GET"}, content_path, BATCH),
+                    200: {"description": "The file's bytes (JSONL for batch files).",
+                          "content": {"application/octet-stream": {}}}})
     async def file_content(file_id: str, request: Request) -> Response:
         data = await asyncio.to_thread(files().content, file_id, caller_key_id(request))
         if data is None:

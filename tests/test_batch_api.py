@@ -81,6 +81,10 @@ def test_chat_batch_answers_every_line_and_a_bad_one_is_an_error_line(client):
 
     output = read_lines(client, done.output_file_id)
     assert [line["custom_id"] for line in output] == ["q0", "q1", "q2"]
+    assert done.model == MODEL
+    assert done.usage.output_tokens == sum(
+        line["response"]["body"]["usage"]["completion_tokens"] for line in output)
+    assert done.usage.total_tokens == done.usage.input_tokens + done.usage.output_tokens
     for line in output:
         assert line["error"] is None and line["id"].startswith("batch_req_")
         assert line["response"]["status_code"] == 200

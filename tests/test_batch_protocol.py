@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from openchat.protocol.batches import output_line, parse_batch_file
+from openchat.protocol.batches import batch_usage, body_model, output_line, parse_batch_file
 from openchat.protocol.errors import APIError
 
 
@@ -63,3 +63,20 @@ def test_output_line_has_openais_shape():
         "id": "batch_req_1", "custom_id": "a",
         "response": {"status_code": 200, "request_id": "req_1", "body": {"id": "x"}},
         "error": None}
+
+
+def test_batch_usage_sums_every_endpoints_usage():
+    chat = {"usage": {"prompt_tokens": 17, "completion_tokens": 8, "total_tokens": 25,
+                      "prompt_tokens_details": {"cached_tokens": 16}}}
+    response = {"usage": {"input_tokens": 10, "output_tokens": 2, "total_tokens": 12,
+                          "input_tokens_details": {"cached_tokens": 0}}}
+    embedding = {"usage": {"prompt_tokens": 3, "total_tokens": 3}}
+    lines = [output_line("b", "c", 200, "r", body) for body in (chat, response, embedding)]
+    assert batch_usage(lines) == {"input_tokens": 30, "input_tokens_details": {
+        "cached_tokens": 16}, "output_tokens": 10, "output_tokens_details": {
+        "reasoning_tokens": 0}, "total_tokens": 40}
+
+
+def test_body_model_is_the_bodys_model_if_any():
+    assert body_model('{"model": "openchat-3.5"}') == "openchat-3.5"
+    assert body_model('{"model": 5}') is None and body_model("[]") is None

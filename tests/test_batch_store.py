@@ -29,7 +29,7 @@ def lines(n: int, url: str = "/v1/chat/completions") -> list[tuple[int, str, str
 def make(store: BatchStore, n: int = 3, owner: str | None = "key1") -> StoredBatch:
     return store.create(owner=owner, scopes=["batch", "inference"],
                         endpoint="/v1/chat/completions", input_file_id="file-1",
-                        metadata={"job": "nightly"}, lines=lines(n))
+                        metadata={"job": "nightly"}, lines=lines(n), model="openchat-3.5")
 
 
 def test_files_round_trip_for_their_owner_only(url, tmp_path):
@@ -69,7 +69,8 @@ def test_a_batch_is_created_with_its_lines_and_owned(url):
     view = store.view(store.get(batch.id, "key1"))
     assert view["status"] == "in_progress" and view["object"] == "batch"
     assert view["request_counts"] == {"total": 3, "completed": 0, "failed": 0}
-    assert view["metadata"] == {"job": "nightly"}
+    assert view["metadata"] == {"job": "nightly"} and view["model"] == "openchat-3.5"
+    assert view["usage"] is None  # until it ends
     assert view["expires_at"] - view["created_at"] == 24 * 3600
     assert store.get(batch.id, "key2") is None and store.cancel(batch.id, "key2") is None
     older = make(store)
@@ -111,10 +112,14 @@ def test_each_line_is_claimed_once_then_finished_and_finalized(url, tmp_path):
     results = store.results(batch.id)
     assert [status for status, _ in results] == [200, 400, 200]
     assert json.loads(results[0][1]) == {"custom_id": "req-0"}
-    assert store.complete(batch.id, "w1", output_file_id="file-o", error_file_id="file-e")
+    usage = {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5}
+    assert store.complete(batch.id, "w1", output_file_id="file-o", error_file_id="file-e",
+                          usage=usage)
+    assert store.complete(batch.id, "w2", output_file_id=None, error_file_id=None) is False
     view = store.view(store.get(batch.id, None))
     assert view["status"] == "completed" and view["completed_at"] is not None
     assert view["output_file_id"] == "file-o" and view["error_file_id"] == "file-e"
+    assert view["usage"] == usage
     assert view["request_counts"] == {"total": 3, "completed": 2, "failed": 1}
     store.dispose()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from datetime import timedelta
 from openchat.api.batch_lines import LineExecutor
 from openchat.config import BatchSettings
 from openchat.generation.engine import PRIORITY
-from openchat.protocol.batches import output_line
+from openchat.protocol.batches import batch_usage, output_line
 from openchat.storage.batches import BatchLine, BatchStore, StoredBatch
 from openchat.storage.files import FileStore
 from openchat.telemetry import metrics
@@ -130,9 +131,11 @@ class BatchRunner:
             return saved.id
 
         output_id, error_id = await save(output, "output"), await save(errors, "error")
+        usage = batch_usage([json.loads(line) for line in output])
         with contextlib.suppress(KeyError):
             del self._scopes[batch.id]
         if await asyncio.to_thread(store.complete, batch.id, self.worker,
-                                   output_file_id=output_id, error_file_id=error_id):
+                                   output_file_id=output_id, error_file_id=error_id,
+                                   usage=usage):
             logger.info("batch %s finalized: %d ok, %d failed", batch.id, len(output),
                         len(errors))

@@ -21,7 +21,12 @@ from fastapi import Depends, Request
 from openchat.access.scopes import BATCH_SCOPE, INFERENCE_SCOPE
 from openchat.api.routing import Router, caller_key_id, caller_scopes, error_responses
 from openchat.config import BatchSettings
-from openchat.protocol.batches import BatchCreateRequest, BatchListQuery, parse_batch_file
+from openchat.protocol.batches import (
+    BatchCreateRequest,
+    BatchListQuery,
+    body_model,
+    parse_batch_file,
+)
 from openchat.protocol.errors import APIError, ErrorBody
 from openchat.storage.batches import BatchStore, StoredBatch
 from openchat.storage.files import FileStore
@@ -53,7 +58,8 @@ def add_batch_routes(router: Router, batches: Callable[[], BatchStore],
         batch = await asyncio.to_thread(
             batches().create, owner=owner, scopes=None if scopes is None else list(scopes),
             endpoint=body.endpoint, input_file_id=found.id, metadata=body.metadata,
-            lines=[(line.number, line.custom_id, line.url, line.body) for line in lines])
+            lines=[(line.number, line.custom_id, line.url, line.body) for line in lines],
+            model=body_model(lines[0].body))
         return await asyncio.to_thread(batches().view, batch)
 
     @router.get("/v1/batches/{batch_id}", scopes=BATCH, label="/v1/batches/{id}")

@@ -128,3 +128,28 @@ def output_line(line_id: str, custom_id: str, status: int, request_id: str,
     return {"id": line_id, "custom_id": custom_id,
             "response": {"status_code": status, "request_id": request_id, "body": body},
             "error": None}
+
+
+def body_model(body: str) -> str | None:
+    """The `model` a line's body names (the batch's `model` is its first line's)."""
+    try:
+        model = json.loads(body).get("model")
+    except (ValueError, AttributeError):
+        return None
+    return model if isinstance(model, str) else None
+
+
+def batch_usage(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """OpenAI's batch `usage`: the tokens of every answered line, whatever its endpoint
+    (chat and completions count prompt/completion tokens, responses input/output)."""
+    prompt = cached = completion = 0
+    for result in results:
+        body = result.get("response", {}).get("body") or {}
+        usage = body.get("usage") or {}
+        prompt += usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0
+        completion += usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0
+        details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+        cached += details.get("cached_tokens", 0) or 0
+    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached},
+            "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": prompt + completion}

@@ -47,6 +47,7 @@ class StoredBatch(BatchesModel, table=True):
     scopes: str | None = Field(None, description="The creating key's scopes, as JSON (None "
                                "with authentication off): what its lines may use.")
     endpoint: str = Field(max_length=64)
+    model: str | None = Field(None, max_length=256, description="Its first line's model.")
     input_file_id: str = Field(max_length=64)
     completion_window: str = Field(max_length=8)
     status: str = Field(index=True, max_length=16)
@@ -60,6 +61,7 @@ class StoredBatch(BatchesModel, table=True):
     total: int = 0
     completed: int = 0
     failed: int = 0
+    usage_json: str | None = Field(None, description="OpenAI's batch usage once it ended.")
     created_at: datetime = Field(sa_type=UTCDateTime)
     in_progress_at: datetime | None = Field(None, sa_type=UTCDateTime)
     expires_at: datetime | None = Field(None, sa_type=UTCDateTime)
@@ -86,7 +88,8 @@ class StoredBatch(BatchesModel, table=True):
                 "created_at": _epoch(self.created_at), **stamps,
                 "request_counts": {"total": total, "completed": completed, "failed": failed},
                 "metadata": None if self.metadata_json is None
-                else json.loads(self.metadata_json)}
+                else json.loads(self.metadata_json), "model": self.model,
+                "usage": None if self.usage_json is None else json.loads(self.usage_json)}
 
 
 class BatchLine(BatchesModel, table=True):
@@ -123,13 +126,14 @@ class BatchStore:
 
     def create(self, *, owner: str | None, scopes: list[str] | None, endpoint: str,
                input_file_id: str, metadata: dict[str, str] | None,
-               lines: Sequence[tuple[int, str, str, str]]) -> StoredBatch:
+               lines: Sequence[tuple[int, str, str, str]],
+               model: str | None = None) -> StoredBatch:
         """A batch in progress with its lines (number, custom_id, url, body). A line for
         another endpoint fails the whole batch, as on OpenAI: nothing runs."""
         now = datetime.now(UTC)
         batch = StoredBatch(id=new_id("batch_"), owner=owner,
                             scopes=None if scopes is None else json.dumps(sorted(scopes)),
-                            endpoint=endpoint, input_file_id=input_file_id,
+                            endpoint=endpoint, model=model, input_file_id=input_file_id,
                             completion_window="24h", status="in_progress",
                             metadata_json=None if metadata is None else json.dumps(metadata),
                             total=len(lines), created_at=now, in_progress_at=now,
@@ -318,8 +322,9 @@ class BatchStore:
                 .order_by(col(BatchLine.number))).all()]
 
     def complete(self, batch_id: str, worker: str, *, output_file_id: str | None,
-                 error_file_id: str | None) -> bool:
-        """Give a finalized batch its files, counts and final status (its `outcome`)."""
+                 error_file_id: str | None, usage: dict[str, Any] | None = None) -> bool:
+        """Give a finalized batch its files, counts, usage and final status (its
+        `outcome`)."""
         total, completed, failed = self.counts(batch_id)
         now = datetime.now(UTC)
         with Session(self._engine) as session:
@@ -331,6 +336,7 @@ class BatchStore:
             setattr(batch, f"{outcome}_at", now)
             batch.output_file_id, batch.error_file_id = output_file_id, error_file_id
             batch.total, batch.completed, batch.failed = total, completed, failed
+            batch.usage_json = None if usage is None else json.dumps(usage)
             session.add(batch)
             session.commit()
         return True

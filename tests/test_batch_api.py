@@ -12,6 +12,7 @@ import openai
 import pytest
 from openai.types import Batch, Completion, CreateEmbeddingResponse, FileObject
 from openai.types.chat import ChatCompletion
+from openai.types.responses import Response
 
 pytestmark = pytest.mark.e2e
 
@@ -107,6 +108,7 @@ def test_chat_batch_answers_every_line_and_a_bad_one_is_an_error_line(client):
     ("/v1/completions", {"model": MODEL, "prompt": "Once", "max_tokens": 4}, Completion),
     ("/v1/embeddings", {"model": "all-minilm-l6-v2", "input": "a cat"},
      CreateEmbeddingResponse),
+    ("/v1/responses", {"model": MODEL, "input": "Hi", "max_output_tokens": 4}, Response),
 ])
 def test_other_endpoints_run_through_their_own_route(client, endpoint, body, kind):
     lines = [{"custom_id": f"r{n}", "method": "POST", "url": endpoint, "body": body}

@@ -150,7 +150,8 @@ class OpenChat:
     @bentoml.on_startup
     async def watch_engine(self) -> None:
         """If the engine dies, fail readiness and restart this worker: BentoML's process
-        manager starts a new one (with a new engine); requests meanwhile get 503."""
+        manager starts a new one (with a new engine); requests meanwhile get 503. Start
+        the batch runner (openchat/api/batch_runner.py)."""
         self._watchdog = asyncio.create_task(self.engine.watch(_restart_worker))
         openai_app.state.batch_runner.start()  # batch lines, in the background
 

@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 
 # vLLM's scheduling priority for the engine requests of the current task: lower runs first.
 # Interactive requests keep 0; the batch runner sets batch.priority for its lines, so they
-# queue behind (and are preempted for) interactive ones.
+# wait behind interactive ones for a sequence slot and are preempted first when the KV
+# cache runs short (load/priority.py checks it on this build).
 PRIORITY: ContextVar[int] = ContextVar("openchat_engine_priority", default=0)
 
 

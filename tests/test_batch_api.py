@@ -143,7 +143,12 @@ def test_list_pages_and_cancel(client):
     assert [b.id for b in second.data] == [ids[0]]
     cancelled = wait(client, ids[1])
     assert cancelled.status == "cancelled" and cancelled.cancelled_at is not None
-    assert cancelled.request_counts.completed < 12
+    counts = cancelled.request_counts
+    assert counts.total == 12 and counts.completed < 12
+    never_run = [line for line in read_lines(client, cancelled.error_file_id)
+                 if line["response"] is None]
+    assert len(never_run) == 12 - counts.completed - counts.failed
+    assert {line["error"]["code"] for line in never_run} == {"batch_cancelled"}
     assert wait(client, ids[0]).status == "completed"
     with pytest.raises(openai.ConflictError):
         client.batches.cancel(ids[0])

@@ -162,6 +162,7 @@ def test_cancel_drops_pending_lines_and_ends_cancelled(url):
     assert store.to_finalize("w1", LEASE) == []  # the running line finishes first
     store.finish(running, "w1", 200, {})
     assert [b.id for b in store.to_finalize("w1", LEASE)] == [batch.id]
+    assert store.results(batch.id) == [(200, "{}"), (None, "req-1"), (None, "req-2")]
     store.complete(batch.id, "w1", output_file_id="file-o", error_file_id=None)
     view = store.view(store.get(batch.id, None))
     assert view["status"] == "cancelled" and view["cancelled_at"] is not None
@@ -179,7 +180,9 @@ def test_an_expired_batch_ends_expired_with_what_finished(url):
         row.expires_at = datetime.now(UTC) - timedelta(seconds=1)
         session.add(row)
         session.commit()
-    assert [b.id for b in store.to_finalize("w1", LEASE)] == [batch.id]
+    (won,) = store.to_finalize("w1", LEASE)
+    assert won.id == batch.id and won.outcome == "expired"
+    assert store.results(batch.id) == [(200, "{}"), (None, "req-1")]
     store.complete(batch.id, "w1", output_file_id="file-o", error_file_id=None)
     view = store.view(store.get(batch.id, None))
     assert view["status"] == "expired" and view["expired_at"] is not None

@@ -120,7 +120,8 @@ class BatchRunner:
         results = await asyncio.to_thread(store.results, batch.id)
         files = self._files()
         output = [line for status, line in results if status == 200]
-        errors = [line for status, line in results if status != 200]
+        errors = [line if status is not None else _dropped(custom_id=line, batch=batch)
+                  for status, line in results if status != 200]
 
         async def save(lines: list[str], kind: str) -> str | None:
             if not lines:
@@ -139,3 +140,13 @@ class BatchRunner:
                                    usage=usage):
             logger.info("batch %s finalized: %d ok, %d failed", batch.id, len(output),
                         len(errors))
+
+
+def _dropped(custom_id: str, batch: StoredBatch) -> str:
+    """The error line of a line that never ran, as OpenAI writes one: no response."""
+    expired = batch.outcome == "expired"
+    code = "batch_expired" if expired else "batch_cancelled"
+    message = ("This request could not be executed before the completion window expired."
+               if expired else "This request was not executed: the batch was cancelled.")
+    return json.dumps({"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": custom_id,
+                       "response": None, "error": {"code": code, "message": message}})

@@ -313,13 +313,17 @@ class BatchStore:
                     won.append(batch)
         return won
 
-    def results(self, batch_id: str) -> list[tuple[int, str]]:
-        """The finished lines' (status_code, output line JSON), in file order."""
+    def results(self, batch_id: str) -> list[tuple[int | None, str]]:
+        """(status_code, output line JSON) of the finished lines and (None, custom_id) of
+        the dropped ones (cancelled, expired), in file order."""
         with Session(self._engine) as session:
-            return [(status, result) for status, result in session.exec(
-                select(BatchLine.status_code, BatchLine.result)
-                .where(BatchLine.batch_id == batch_id, BatchLine.state == "done")
-                .order_by(col(BatchLine.number))).all()]
+            rows = session.exec(
+                select(BatchLine.status_code, BatchLine.result, BatchLine.custom_id)
+                .where(BatchLine.batch_id == batch_id,
+                       col(BatchLine.state).in_(("done", "dropped")))
+                .order_by(col(BatchLine.number))).all()
+        return [(status, result) if result is not None else (None, custom_id)
+                for status, result, custom_id in rows]
 
     def complete(self, batch_id: str, worker: str, *, output_file_id: str | None,
                  error_file_id: str | None, usage: dict[str, Any] | None = None) -> bool:

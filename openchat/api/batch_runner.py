@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -40,6 +41,10 @@ class BatchRunner:
         self._lines: set[asyncio.Task] = set()
         self._main: asyncio.Task | None = None
         self._scopes: dict[str, list[str] | None] = {}
+        # A claim runs in a thread: stop() waits for one under way, so that what it took
+        # is handed back too, and no claim starts after it.
+        self._claiming = threading.Lock()
+        self._stopping = False
 
     def start(self) -> None:
         """Run in the background on the current event loop."""
@@ -48,11 +53,13 @@ class BatchRunner:
 
     def stop(self) -> None:
         """Stop claiming, abort the lines in flight and hand them back to the queue."""
+        self._stopping = True
         for task in [*self._lines, *([self._main] if self._main else [])]:
             task.cancel()
         self._main = None
         try:
-            self._store().release(self.worker)
+            with self._claiming:
+                self._store().release(self.worker)
         except Exception:  # the database may be gone too; their lease will lapse
             logger.exception("could not hand back the batch lines in flight")
 
@@ -78,10 +85,14 @@ class BatchRunner:
         free = self.settings.concurrency - len(self._lines)
         if free <= 0 or not self._ready():
             return
-        for line in await asyncio.to_thread(store.claim, self.worker, free, self.lease):
+        for line in await asyncio.to_thread(self._claim, store, free):
             task = asyncio.get_running_loop().create_task(self._run_line(store, line))
             self._lines.add(task)
             task.add_done_callback(self._lines.discard)
+
+    def _claim(self, store: BatchStore, n: int) -> list[BatchLine]:
+        with self._claiming:
+            return [] if self._stopping else store.claim(self.worker, n, self.lease)
 
     async def _idle(self) -> None:
         """Until the poll interval passes or a line finishes (its slot is free again)."""
@@ -100,8 +111,9 @@ class BatchRunner:
         except Exception:
             logger.exception("batch line %s/%d failed", line.batch_id, line.number)
             return  # its claim lapses and it runs again
-        if status == 503:  # the engine is (re)starting: not the line's fault
+        if status == 503:  # the engine is (re)starting or stopping: not the line's fault
             await asyncio.to_thread(store.unclaim, line, self.worker)
+            await asyncio.sleep(self.settings.poll_interval_s)  # its slot waits a little
             return
         request_id = f"req_{uuid.uuid4().hex}"
         result = output_line(f"batch_req_{uuid.uuid4().hex}", line.custom_id, status,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import timedelta
 
 from openchat.api.batch_runner import BatchRunner
 from openchat.config import BatchSettings
@@ -124,3 +125,23 @@ def test_an_unavailable_engine_puts_the_line_back(tmp_path):
 
     asyncio.run(scenario())
     assert answers == [] and store.get(batch.id, None).completed == 1
+
+
+def test_a_held_runner_claims_nothing_and_an_engine_not_ready_neither(tmp_path):
+    store, files = stores(tmp_path)
+    batch = create(store, 2)
+
+    async def execute(url, body, scopes):
+        raise AssertionError("nothing may run")
+
+    async def scenario():
+        for hold, ready in ((True, True), (False, False)):
+            runner = BatchRunner(SETTINGS, lambda: store, lambda: files, execute,
+                                 lambda ready=ready: ready)
+            runner.start(hold=lambda hold=hold: hold)
+            await asyncio.sleep(0.2)
+            runner.stop()
+
+    asyncio.run(scenario())
+    assert store.counts(batch.id) == (2, 0, 0)
+    assert [line.number for line in store.claim("w", 5, timedelta(seconds=60))] == [1, 2]

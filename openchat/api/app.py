@@ -97,11 +97,17 @@ def create_app(settings: Settings, routes: RouteTable,
     def batches():
         return open_batch_store(batch.store_url)
 
+    def engine_ready() -> bool:
+        try:
+            current = get_pipeline()
+        except APIError:  # the engine is restarting
+            return False
+        return current is not None and current.engine.is_healthy
+
     add_file_routes(router, files, batch)
     add_batch_routes(router, batches, files, batch)
-    app.state.batch_runner = BatchRunner(
-        batch, batches, files, line_executor(settings, pipeline),
-        ready=lambda: (current := get_pipeline()) is not None and current.engine.is_healthy)
+    app.state.batch_runner = BatchRunner(batch, batches, files,
+                                         line_executor(settings, pipeline), engine_ready)
 
     @router.get("/v1/server_tools", scopes=INFERENCE)
     async def list_server_tools() -> dict:

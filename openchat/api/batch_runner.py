@@ -45,9 +45,12 @@ class BatchRunner:
         # is handed back too, and no claim starts after it.
         self._claiming = threading.Lock()
         self._stopping = False
+        self._hold: Callable[[], bool] = lambda: False
 
-    def start(self) -> None:
-        """Run in the background on the current event loop."""
+    def start(self, hold: Callable[[], bool] = lambda: False) -> None:
+        """Run in the background on the current event loop; while `hold()` is true (the
+        service is draining) no new line is claimed."""
+        self._hold = hold
         if self._main is None:
             self._main = asyncio.get_running_loop().create_task(self.run())
 
@@ -83,7 +86,7 @@ class BatchRunner:
         for batch in await asyncio.to_thread(store.to_finalize, self.worker, self.lease):
             await self._finalize(store, batch)
         free = self.settings.concurrency - len(self._lines)
-        if free <= 0 or not self._ready():
+        if free <= 0 or self._hold() or not self._ready():
             return
         for line in await asyncio.to_thread(self._claim, store, free):
             task = asyncio.get_running_loop().create_task(self._run_line(store, line))

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from openchat.access.scopes import DOCUMENTS_SCOPE, INFERENCE_SCOPE
 from openchat.api.app import create_app
+from openchat.api.drain import Drain
 from openchat.api.middleware import AccessMiddleware
 from openchat.api.routing import RouteTable, declare_bentoml_routes
 from openchat.config import Condition, get_settings
@@ -36,9 +37,20 @@ SETTINGS = get_settings()
 logger = logging.getLogger("openchat")
 
 _pipeline: Pipeline | None = None  # set once the engine has started
+_restarting = False  # the engine died; a new one is starting in this worker
+DRAIN = Drain(SETTINGS.service.shutdown_grace_s)  # SIGTERM: finish what runs, then stop
 # Every route with the scopes it needs: the OpenAI app's, BentoML's own, the typed APIs'.
 ROUTES = RouteTable()
-openai_app = create_app(SETTINGS, ROUTES, lambda: _pipeline)
+
+
+def _current_pipeline() -> Pipeline | None:
+    if _restarting:
+        raise APIError("The inference engine stopped and is restarting; retry shortly.",
+                       status=503, code="engine_unavailable", headers={"Retry-After": "5"})
+    return _pipeline
+
+
+openai_app = create_app(SETTINGS, ROUTES, _current_pipeline)
 declare_bentoml_routes(ROUTES, protect_metrics=SETTINGS.auth.protect_metrics,
                        protect_docs=SETTINGS.auth.protect_docs)
 TYPED_API_SCOPES = {
@@ -92,19 +104,20 @@ def _stop_whole_server() -> None:
 
 
 def _restart_worker() -> None:
-    """Leave the worker the way a supervisor's SIGTERM would; circus starts a fresh one.
-    In a container BentoML does not respawn workers: stop the whole server instead, so
-    the container exits and its orchestrator restarts it."""
+    """When no new engine starts in this worker: leave it the way a supervisor's SIGTERM
+    would, and circus starts a fresh one. In a container BentoML does not respawn
+    workers: stop the whole server instead, so its orchestrator restarts it."""
     import signal
 
-    global _pipeline
-    _pipeline = None  # new requests: 503 while the worker restarts
+    global _pipeline, _restarting
+    _pipeline, _restarting = None, False  # new requests: 503 while the worker restarts
     loop = asyncio.get_running_loop()
     if "BENTOML_CONTAINERIZED" in os.environ:
         logger.critical("stopping the server so its supervisor restarts it")
         loop.call_later(1.0, _stop_whole_server)
     else:
         logger.critical("restarting this worker to get a working engine")
+        DRAIN.server_stops = False  # the next worker listens on the same socket
         loop.call_later(1.0, os.kill, os.getpid(), signal.SIGTERM)
 
 
@@ -117,7 +130,6 @@ def _restart_worker() -> None:
 @bentoml.asgi_app(openai_app, path="/")
 class OpenChat:
     def __init__(self) -> None:
-        global _pipeline
         from openchat.generation.engine import ModelNotFoundError, VLLMEngine
         from openchat.generation.template import (
             OpenChatTemplate,
@@ -128,32 +140,63 @@ class OpenChat:
 
         logs.configure(os.environ.get("OPENCHAT_LOG_LEVEL", "INFO"))
         try:
-            self.engine = VLLMEngine(SETTINGS)
+            engine = VLLMEngine(SETTINGS)
         except ModelNotFoundError as exc:
             logger.critical("cannot start: %s", exc)
             _stop_whole_server()
         tokenizer = OpenChatTokenizer(find_tokenizer_model(SETTINGS.tokenizer or SETTINGS.model))
-        sources = DataSources.open(SETTINGS)
-        self.sources = sources
-        self.pipeline = Pipeline(SETTINGS, self.engine, OpenChatTemplate(tokenizer),
-                                 sources.registry, sources.documents, sources.embedder)
-        _pipeline = self.pipeline
+        self.template = OpenChatTemplate(tokenizer)
+        self.sources = DataSources.open(SETTINGS)
+        self._serve_with(engine)
         logger.info("serving %s as %s", SETTINGS.model,
                     ", ".join(p.model_id for p in SETTINGS.presets.values()))
 
+    def _serve_with(self, engine) -> None:
+        global _pipeline, _restarting
+        self.engine = engine
+        self.pipeline = Pipeline(SETTINGS, engine, self.template, self.sources.registry,
+                                 self.sources.documents, self.sources.embedder)
+        _pipeline, _restarting = self.pipeline, False
+
     def __is_ready__(self) -> bool:
-        return self.engine.is_healthy
+        return self.engine.is_healthy and not DRAIN.draining
 
     def __is_alive__(self) -> bool:
-        return self.engine.is_healthy
+        return self.engine.is_healthy or _restarting  # a restarting worker is recovering
 
     @bentoml.on_startup
     async def watch_engine(self) -> None:
-        """If the engine dies, fail readiness and restart this worker: BentoML's process
-        manager starts a new one (with a new engine); requests meanwhile get 503. Start
-        the batch runner (openchat/api/batch_runner.py)."""
-        self._watchdog = asyncio.create_task(self.engine.watch(_restart_worker))
-        openai_app.state.batch_runner.start()  # batch lines, in the background
+        """If the engine dies, start a new one in this worker; meanwhile readiness fails
+        and requests get 503 at once (the port keeps answering). Start the batch runner
+        (openchat/api/batch_runner.py); it claims no new line while the worker drains."""
+        self._watchdog = asyncio.create_task(self.engine.watch(self._on_engine_death))
+        DRAIN.install(on_expired=lambda: self.engine.abort_all())
+        openai_app.state.batch_runner.start(hold=lambda: DRAIN.draining)
+
+    def _on_engine_death(self) -> None:
+        if DRAIN.draining:  # the engine ended its own drain after SIGTERM: nothing is wrong
+            return
+        self._restart = asyncio.create_task(self._restart_engine())
+
+    async def _restart_engine(self) -> None:
+        global _restarting
+        from openchat.generation.engine import VLLMEngine
+
+        _restarting = True
+        logger.critical("starting a new vLLM engine in this worker")
+        try:
+            await asyncio.to_thread(self.engine.shutdown)
+            engine = await asyncio.to_thread(VLLMEngine, SETTINGS)
+        except Exception:
+            logger.exception("the new engine did not start")
+            _restart_worker()
+            return
+        if DRAIN.draining:  # SIGTERM came meanwhile: nothing is in flight to serve
+            engine.shutdown()
+            return
+        self._serve_with(engine)
+        self._watchdog = asyncio.create_task(self.engine.watch(self._on_engine_death))
+        logger.info("the new vLLM engine serves")
 
     @bentoml.on_shutdown
     def stop_engine(self) -> None:
@@ -270,4 +313,4 @@ class OpenChat:
 
 # Keys, scopes, rate limits, body limit, request ids and the audit log for every route:
 # the OpenAI app, the typed APIs, the probes and /metrics (openchat/api/middleware.py).
-OpenChat.add_asgi_middleware(AccessMiddleware, settings=SETTINGS, routes=ROUTES)
+OpenChat.add_asgi_middleware(AccessMiddleware, settings=SETTINGS, routes=ROUTES, drain=DRAIN)

@@ -90,6 +90,10 @@ class ServiceSettings(BaseModel):
     port: int = Field(11402, ge=1, le=65535)
     resources: dict[str, str | int] = {"cpu": "4", "memory": "25Gi"}
     traffic: TrafficSettings = TrafficSettings()
+    shutdown_grace_s: float = Field(
+        120, ge=0, description="On SIGTERM: seconds in-flight requests may run to their end "
+        "before they are cut off with 503 (sized for a long answer on the real model; set "
+        "Kubernetes' terminationGracePeriodSeconds above it).")
 
 
 class LimitSettings(BaseModel):

@@ -25,6 +25,7 @@ from typing import Any
 from openchat.access.keys import open_store
 from openchat.access.ratelimit import KeyLimits, RateLimited, open_rate_limiter
 from openchat.access.scopes import forbidden, missing_scope
+from openchat.api.drain import Drain
 from openchat.api.routing import KEY_SCOPE_ITEM, PROBES, RouteSpec, RouteTable
 from openchat.config import Settings
 from openchat.protocol.errors import APIError
@@ -38,8 +39,10 @@ BYTES_PER_TOKEN = 4  # a cautious guess of prompt tokens from the body, settled 
 
 
 class AccessMiddleware:
-    def __init__(self, app, settings: Settings, routes: RouteTable) -> None:
+    def __init__(self, app, settings: Settings, routes: RouteTable,
+                 drain: Drain | None = None) -> None:
         self.app = app
+        self.drain = drain or Drain(0)
         self.routes = routes
         self.settings = settings.auth
         self.context = settings.engine.max_model_len
@@ -64,6 +67,13 @@ class AccessMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope["path"] in _ALWAYS_ANSWERED:
+            await self._handle(scope, receive, send)  # not counted as in flight
+            return
+        with self.drain.request():
+            await self._handle(scope, receive, send)
+
+    async def _handle(self, scope, receive, send) -> None:
         started = time.perf_counter()
         given = _header(scope, b"x-request-id")
         request_id = given if given and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
@@ -75,6 +85,8 @@ class AccessMiddleware:
         key = ticket = None
         route = self.routes.find(scope["method"], scope["path"])
         try:
+            if self.drain.refusing() and scope["path"] not in _ALWAYS_ANSWERED:
+                raise _shutting_down()
             key = await self._authenticate(scope, route)  # before reading a stranger's body
             _check_content_type(scope)
             body = await self._read_body(scope, receive, route)
@@ -271,6 +283,7 @@ def _replay(body: bytes, receive):
     return replay
 
 
+_ALWAYS_ANSWERED = PROBES | {"/metrics"}  # also while draining (readiness says 503 itself)
 _OBJECT_START = re.compile(rb"\s*\{")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # what may travel into logs and headers
 
@@ -309,6 +322,12 @@ def _header(scope, name: bytes) -> str | None:
         if key.lower() == name:
             return value.decode("latin-1")
     return None
+
+
+def _shutting_down() -> APIError:
+    return APIError("The server is shutting down; retry the request (on another replica).",
+                    status=503, code="shutting_down",
+                    headers={"Connection": "close", "Retry-After": "1"})
 
 
 def _too_large(limit: int) -> APIError:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextvars import ContextVar
@@ -163,6 +164,7 @@ class VLLMEngine:
         logger.info("starting vLLM engine: %s", self.layout)
         self._llm = AsyncLLM.from_engine_args(args)
         self.max_model_len = self._llm.model_config.max_model_len
+        self._running: set[str] = set()  # request ids, for abort_all()
 
     @staticmethod
     def _engine_args(settings: Settings, engine_args_cls):
@@ -182,6 +184,10 @@ class VLLMEngine:
             # Compact JSON: without this a model (and surely a random one) may fill the
             # answer with whitespace until max_tokens runs out. vLLM applies it engine-wide.
             structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
+            # BentoML's process manager sends SIGTERM to the EngineCore together with the
+            # worker: with a grace period the engine finishes the requests it holds and
+            # refuses new ones (vLLM's graceful shutdown) instead of aborting them.
+            shutdown_timeout=math.ceil(settings.service.shutdown_grace_s),
         )
         if on_gpu:
             kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
@@ -218,6 +224,7 @@ class VLLMEngine:
                                     priority=PRIORITY.get())
         usage.add_prompt(len(prompt_ids))
         cache_counted = False
+        self._running.add(request_id)
         try:
             async for output in stream:
                 if not cache_counted:  # the same count rides on every step
@@ -235,7 +242,15 @@ class VLLMEngine:
             logger.info("request %s aborted: the client went away", request_id)
             raise
         finally:
+            self._running.discard(request_id)
             await stream.aclose()  # closing vLLM's generator early aborts the request
+
+    async def abort_all(self) -> int:
+        """Abort every running request (they end with 503 request_aborted); how many."""
+        running = list(self._running)
+        if running:
+            await self._llm.abort(running)
+        return len(running)
 
     @property
     def is_healthy(self) -> bool:

@@ -170,9 +170,11 @@ class OpenChat:
     @bentoml.on_startup
     async def watch_engine(self) -> None:
         """If the engine dies, start a new one in this worker; meanwhile readiness fails
-        and requests get 503 at once (the port keeps answering)."""
+        and requests get 503 at once (the port keeps answering). Start the batch runner
+        (openchat/api/batch_runner.py); it claims no new line while the worker drains."""
         self._watchdog = asyncio.create_task(self.engine.watch(self._on_engine_death))
         DRAIN.install(on_expired=lambda: self.engine.abort_all())
+        openai_app.state.batch_runner.start(hold=lambda: DRAIN.draining)
 
     def _on_engine_death(self) -> None:
         if DRAIN.draining:  # the engine ended its own drain after SIGTERM: nothing is wrong
@@ -203,6 +205,7 @@ class OpenChat:
     def stop_engine(self) -> None:
         global _pipeline
         _pipeline = None
+        openai_app.state.batch_runner.stop()  # its lines in flight go back to the queue
         self.engine.shutdown()
         self.sources.close()
 

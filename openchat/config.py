@@ -196,6 +196,31 @@ class ResponsesSettings(BaseModel):
                              "stored responses; storing one more removes its oldest.")
 
 
+class BatchSettings(BaseModel):
+    """The Batch API (docs/batch.md): uploaded files and the batches run from them."""
+
+    model_config = {"extra": "forbid"}
+
+    store_url: str = Field("sqlite:///data/batches.db", description="Where file metadata, "
+                           "batches and their lines are kept: a SQLite file, or PostgreSQL "
+                           "shared by replicas (postgresql+psycopg://...).")
+    files_dir: str = Field("data/files", description="Where the files' bytes are kept; "
+                           "replicas must share it (a volume) as they share store_url.")
+    max_file_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Larger uploads "
+                                "are refused (413); this is also the upload route's body "
+                                "limit, in place of auth.max_body_bytes.")
+    max_lines: int = Field(50_000, ge=1, description="Requests in one batch file.")
+    concurrency: int = Field(4, ge=1, description="Batch lines run at once by each "
+                             "replica's runner.")
+    priority: int = Field(10, ge=0, description="vLLM scheduling priority of batch lines "
+                          "(interactive requests have 0; a larger number waits).")
+    poll_interval_s: float = Field(1.0, gt=0, description="How often an idle runner looks "
+                                   "for lines to claim.")
+    lease_s: float = Field(60, ge=5, description="A claimed line whose runner has not "
+                           "renewed its claim for this long (its replica died) is run "
+                           "again by another.")
+
+
 class AuthSettings(BaseModel):
     """API keys (openchat/keys.py), their scopes and per-key limits."""
 
@@ -275,6 +300,7 @@ class Settings(BaseSettings):
     tools: ToolSettings = ToolSettings()
     auth: AuthSettings = AuthSettings()
     responses: ResponsesSettings = ResponsesSettings()
+    batch: BatchSettings = BatchSettings()
     default_preset: str = "general"
     presets: dict[str, Preset] = Field(default_factory=_default_presets)
 

@@ -89,6 +89,10 @@ def service_env(**overrides: str) -> dict[str, str]:
         OPENCHAT_DOCUMENTS__PATH=str(data / "chroma"),
         OPENCHAT_AUTH__KEYS_URL=f"sqlite:///{data / 'keys.db'}",
         OPENCHAT_RESPONSES__STORE_URL=f"sqlite:///{data / 'responses.db'}",
+        OPENCHAT_BATCH__STORE_URL=f"sqlite:///{data / 'batches.db'}",
+        OPENCHAT_BATCH__FILES_DIR=str(data / "files"),
+        OPENCHAT_BATCH__MAX_FILE_BYTES="1048576",  # so the 413 test sends only a megabyte
+        OPENCHAT_BATCH__POLL_INTERVAL_S="0.2",
         OPENCHAT_ADMIN_KEY=ADMIN_KEY,
         OPENCHAT_AUTH__DEFAULT_RPM="100000",
         OPENCHAT_AUTH__DEFAULT_TPM="100000000",

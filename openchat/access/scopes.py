@@ -13,8 +13,10 @@ INFERENCE_SCOPE = "inference"
 SQL_SCOPE = "tools:sql"  # let the model run the SQL server tools
 DOCUMENTS_SCOPE = "tools:documents"  # search documents (tools, routes, ask)
 DOCUMENTS_WRITE_SCOPE = "documents:write"
+BATCH_SCOPE = "batch"  # upload files, create and read batches (the Batch API)
 ADMIN_SCOPE = "admin"
-ALL_SCOPES = (INFERENCE_SCOPE, SQL_SCOPE, DOCUMENTS_SCOPE, DOCUMENTS_WRITE_SCOPE, ADMIN_SCOPE)
+ALL_SCOPES = (INFERENCE_SCOPE, SQL_SCOPE, DOCUMENTS_SCOPE, DOCUMENTS_WRITE_SCOPE, BATCH_SCOPE,
+              ADMIN_SCOPE)
 
 
 def has_scope(scopes: Iterable[str] | None, scope: str) -> bool:

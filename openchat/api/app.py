@@ -16,9 +16,13 @@ from starlette.routing import Match
 from openchat.access.keys import KeyStore, open_store
 from openchat.access.scopes import INFERENCE_SCOPE, has_scope
 from openchat.api.admin import add_admin_routes
+from openchat.api.batch_lines import line_executor
+from openchat.api.batch_runner import BatchRunner
+from openchat.api.batches import add_batch_routes
 from openchat.api.documents import add_document_routes
 from openchat.api.embeddings import create_embeddings
 from openchat.api.errors import install_error_handlers, openapi_spec
+from openchat.api.files import add_file_routes
 from openchat.api.responses import add_response_routes
 from openchat.api.routing import Router, RouteTable, caller_scopes
 from openchat.api.streaming import respond
@@ -32,6 +36,8 @@ from openchat.protocol.requests import (
     EmbeddingRequest,
     TokenizeRequest,
 )
+from openchat.storage.batches import open_batch_store
+from openchat.storage.files import open_file_store
 from openchat.storage.responses import open_response_store
 
 INFERENCE = frozenset({INFERENCE_SCOPE})
@@ -40,7 +46,8 @@ INFERENCE = frozenset({INFERENCE_SCOPE})
 def create_app(settings: Settings, routes: RouteTable,
                get_pipeline: Callable[[], Pipeline | None]) -> FastAPI:
     """The OpenAI app; `get_pipeline()` is the live Pipeline once the engine has started
-    (None before, and while a dead engine's worker restarts: 503)."""
+    (None before, and while a dead engine's worker restarts: 503). The batch runner is
+    `app.state.batch_runner`, for the service's lifecycle to start and stop."""
     app = FastAPI(title="OpenChat-3.5 OpenAI-compatible API", docs_url=None, redoc_url=None)
     install_error_handlers(app)
     router = Router(app, routes)
@@ -82,6 +89,25 @@ def create_app(settings: Settings, routes: RouteTable,
         settings.responses.store_url, settings.responses.max_age_days,
         settings.responses.max_per_key))
     add_admin_routes(router, lambda: _key_store(settings))
+    batch = settings.batch
+
+    def files():
+        return open_file_store(batch.store_url, batch.files_dir)
+
+    def batches():
+        return open_batch_store(batch.store_url)
+
+    def engine_ready() -> bool:
+        try:
+            current = get_pipeline()
+        except APIError:  # the engine is restarting
+            return False
+        return current is not None and current.engine.is_healthy
+
+    add_file_routes(router, files, batch)
+    add_batch_routes(router, batches, files, batch)
+    app.state.batch_runner = BatchRunner(batch, batches, files,
+                                         line_executor(settings, pipeline), engine_ready)
 
     @router.get("/v1/server_tools", scopes=INFERENCE)
     async def list_server_tools() -> dict:

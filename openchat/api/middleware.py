@@ -93,7 +93,7 @@ class AccessMiddleware:
                     raise _busy(self.traffic.max_concurrency)
             key = await self._authenticate(scope, route)  # before reading a stranger's body
             _check_content_type(scope)
-            body = await self._read_body(scope, receive)
+            body = await self._read_body(scope, receive, route)
             fields = _json_fields(body)
             if key is not None:
                 ticket = await self._admit(key, fields, len(body))
@@ -123,20 +123,22 @@ class AccessMiddleware:
         try:
             await asyncio.wait({app, started}, timeout=self.traffic.timeout,
                                return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            started.cancel()
-            if not app.done() and not response.started.is_set():
+            if not app.done() and not response.started.is_set():  # timed out
                 app.cancel()  # cancelling aborts its engine requests
                 await asyncio.wait({app})
-        if app.cancelled() and not response.started.is_set():
-            raise APIError(f"The request did not finish within {self.traffic.timeout} "
-                           "seconds (service.traffic.timeout).", status=504, type="timeout",
-                           code="timeout")
-        await app
+                raise APIError(f"The request did not finish within {self.traffic.timeout} "
+                               "seconds (service.traffic.timeout).", status=504,
+                               type="timeout", code="timeout")
+            await app
+        finally:
+            started.cancel()
+            if not app.done():  # this request itself was cancelled
+                app.cancel()
 
-    async def _read_body(self, scope, receive) -> bytes:
-        """The whole body (it is replayed to the app); 413 past the limit."""
-        limit = self.settings.max_body_bytes
+    async def _read_body(self, scope, receive, route: RouteSpec) -> bytes:
+        """The whole body (it is replayed to the app); 413 past the limit (the route's
+        own, for file uploads)."""
+        limit = route.max_body or self.settings.max_body_bytes
         declared = _header(scope, b"content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise _too_large(limit)
@@ -329,7 +331,8 @@ def _reservation(fields: dict[str, Any], body_size: int, context: int) -> int:
     """Tokens to hold while the request runs: the prompt guessed from the body size, plus
     the completion it asks for, never more than its choices can use: each one fits in the
     context window. So a max_tokens beyond the context reaches validation (400
-    context_length_exceeded) instead of being refused as over the key's budget."""
+    context_length_exceeded) instead of being refused as over the key's budget. A body
+    that is not a JSON object (a file upload) holds no prompt."""
     completion = DEFAULT_COMPLETION_RESERVATION
     asked = (fields.get("max_completion_tokens") or fields.get("max_tokens")
              or fields.get("max_output_tokens"))
@@ -337,7 +340,8 @@ def _reservation(fields: dict[str, Any], body_size: int, context: int) -> int:
     choices = n if isinstance(n, int) and 0 < n <= 128 else 1
     if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
         completion = min(asked, context)
-    return min(body_size // BYTES_PER_TOKEN + completion * choices, context * choices)
+    prompt = body_size // BYTES_PER_TOKEN if fields else 0
+    return min(prompt + completion * choices, context * choices)
 
 
 def _header(scope, name: bytes) -> str | None:

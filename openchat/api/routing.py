@@ -34,6 +34,7 @@ class RouteSpec:
     scopes: frozenset[str] | None  # None: open without a key
     label: str
     pattern: re.Pattern[str]
+    max_body: int | None = None  # this route's body limit, instead of auth.max_body_bytes
 
     def matches(self, method: str, path: str) -> bool:
         return method in self.methods and self.pattern.match(path) is not None
@@ -50,12 +51,14 @@ class RouteTable:
 
     def declare(self, path: str, methods: set[str] | frozenset[str], *,
                 scopes: frozenset[str] | None, label: str | None = None,
-                prefix: bool = False) -> RouteSpec:
-        """`prefix`: the route serves everything under `path` too (static files)."""
+                prefix: bool = False, max_body: int | None = None) -> RouteSpec:
+        """`prefix`: the route serves everything under `path` too (static files);
+        `max_body`: its body limit in bytes (file uploads), instead of the default."""
         regex, _, _ = compile_path(path)
         pattern = re.compile(regex.pattern.rstrip("$") + "(/.*)?$") if prefix else regex
         spec = RouteSpec(path, frozenset(m.upper() for m in methods),
-                         None if scopes is None else frozenset(scopes), label or path, pattern)
+                         None if scopes is None else frozenset(scopes), label or path, pattern,
+                         max_body)
         self._specs.append(spec)
         return spec
 
@@ -107,12 +110,13 @@ class Router:
         self.table = table
 
     def route(self, methods: set[str], path: str, *, scopes: frozenset[str] | None,
-              label: str | None = None, **kwargs: Any) -> Callable:
+              label: str | None = None, max_body: int | None = None,
+              **kwargs: Any) -> Callable:
         kwargs.setdefault("responses", error_responses(methods, path, scopes))
 
         def register(endpoint: Callable) -> Callable:
             self.app.add_api_route(path, endpoint, methods=sorted(methods), **kwargs)
-            self.table.declare(path, methods, scopes=scopes, label=label)
+            self.table.declare(path, methods, scopes=scopes, label=label, max_body=max_body)
             return endpoint
 
         return register
@@ -138,6 +142,13 @@ def declare_bentoml_routes(table: RouteTable, *, protect_metrics: bool,
     for path in ("/", "/docs", "/docs.json", "/schema.json"):
         table.declare(path, {"GET", "HEAD"}, scopes=docs)
     table.declare("/static_content", {"GET", "HEAD"}, scopes=docs, prefix=True)
+
+
+def caller_key_id(request: Request) -> str | None:
+    """The calling key's id, the owner of what it stores; None with authentication off
+    (everything is everyone's)."""
+    key = request.scope.get(KEY_SCOPE_ITEM)
+    return None if key is None else key.id
 
 
 def caller_scopes(request: Request) -> set[str] | None:

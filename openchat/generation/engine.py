@@ -15,6 +15,7 @@ import logging
 import math
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -27,6 +28,12 @@ if TYPE_CHECKING:
     from vllm import SamplingParams
 
 logger = logging.getLogger(__name__)
+
+# vLLM's scheduling priority for the engine requests of the current task: lower runs first.
+# Interactive requests keep 0; the batch runner sets batch.priority for its lines, so they
+# wait behind interactive ones for a sequence slot and are preempted first when the KV
+# cache runs short (load/priority.py checks it on this build).
+PRIORITY: ContextVar[int] = ContextVar("openchat_engine_priority", default=0)
 
 
 class ChoiceDelta(Protocol):
@@ -173,6 +180,7 @@ class VLLMEngine:
             seed=engine.seed,
             enable_prefix_caching=engine.enable_prefix_caching,
             disable_log_stats=False,
+            scheduling_policy="priority",  # PRIORITY: batch lines wait for interactive ones
             # Compact JSON: without this a model (and surely a random one) may fill the
             # answer with whitespace until max_tokens runs out. vLLM applies it engine-wide.
             structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
@@ -212,7 +220,8 @@ class VLLMEngine:
         """
         from vllm.inputs import tokens_input
 
-        stream = self._llm.generate(tokens_input(prompt_ids), params, request_id)
+        stream = self._llm.generate(tokens_input(prompt_ids), params, request_id,
+                                    priority=PRIORITY.get())
         usage.add_prompt(len(prompt_ids))
         cache_counted = False
         self._running.add(request_id)

@@ -38,6 +38,8 @@ TOOL_CALLS = Counter("openchat_tool_calls", "Server tool calls, by tool and outc
 TOOL_DURATION = Histogram("openchat_tool_call_duration_seconds",
                           "Server tool call duration, by tool.", ["tool"],
                           buckets=LATENCY_BUCKETS)
+BATCH_LINES = Counter("openchat_batch_lines", "Batch lines run, by outcome: completed "
+                      "(status 200) or failed (an error line).", ["outcome"])
 OPEN_STREAMS = Gauge("openchat_open_streams", "Streamed responses in progress.",
                      multiprocess_mode="livesum")
 

@@ -1,0 +1,167 @@
+"""The batch runner: one per service worker, started and stopped by the service's
+lifecycle hooks. It claims lines through the batch store (so each line runs once however
+many replicas share the database), runs at most `batch.concurrency` of them at a time at
+the engine's batch priority (behind interactive requests), keeps each result, and
+finalizes batches that have nothing left to run into their output and error files.
+
+A line the engine could not take (503: starting, restarting, stopping) is handed back and
+runs again later; every other outcome, a 400 included, is the line's result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+
+from openchat.api.batch_lines import LineExecutor
+from openchat.config import BatchSettings
+from openchat.generation.engine import PRIORITY
+from openchat.protocol.batches import batch_usage, output_line
+from openchat.storage.batches import BatchLine, BatchStore, StoredBatch
+from openchat.storage.files import FileStore
+from openchat.telemetry import metrics
+
+logger = logging.getLogger(__name__)
+
+
+class BatchRunner:
+    def __init__(self, settings: BatchSettings, store: Callable[[], BatchStore],
+                 files: Callable[[], FileStore], execute: LineExecutor,
+                 ready: Callable[[], bool]) -> None:
+        self.settings = settings
+        self.worker = f"runner-{uuid.uuid4().hex[:16]}"
+        self.lease = timedelta(seconds=settings.lease_s)
+        self._store, self._files, self._execute, self._ready = store, files, execute, ready
+        self._lines: set[asyncio.Task] = set()
+        self._main: asyncio.Task | None = None
+        self._scopes: dict[str, list[str] | None] = {}
+        # A claim runs in a thread: stop() waits for one under way, so that what it took
+        # is handed back too, and no claim starts after it.
+        self._claiming = threading.Lock()
+        self._stopping = False
+        self._hold: Callable[[], bool] = lambda: False
+
+    def start(self, hold: Callable[[], bool] = lambda: False) -> None:
+        """Run in the background on the current event loop; while `hold()` is true (the
+        service is draining) no new line is claimed."""
+        self._hold = hold
+        if self._main is None:
+            self._main = asyncio.get_running_loop().create_task(self.run())
+
+    def stop(self) -> None:
+        """Stop claiming, abort the lines in flight and hand them back to the queue."""
+        self._stopping = True
+        for task in [*self._lines, *([self._main] if self._main else [])]:
+            task.cancel()
+        self._main = None
+        try:
+            with self._claiming:
+                self._store().release(self.worker)
+        except Exception:  # the database may be gone too; their lease will lapse
+            logger.exception("could not hand back the batch lines in flight")
+
+    async def run(self) -> None:
+        logger.info("batch runner %s started (concurrency %d)", self.worker,
+                    self.settings.concurrency)
+        while True:
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database is down, say: try again next round
+                logger.exception("batch runner step failed")
+            await self._idle()
+
+    async def step(self) -> None:
+        """One round: renew claims, finalize what is finished, claim free slots."""
+        store = self._store()
+        if self._lines:
+            await asyncio.to_thread(store.heartbeat, self.worker)
+        for batch in await asyncio.to_thread(store.to_finalize, self.worker, self.lease):
+            await self._finalize(store, batch)
+        free = self.settings.concurrency - len(self._lines)
+        if free <= 0 or self._hold() or not self._ready():
+            return
+        for line in await asyncio.to_thread(self._claim, store, free):
+            task = asyncio.get_running_loop().create_task(self._run_line(store, line))
+            self._lines.add(task)
+            task.add_done_callback(self._lines.discard)
+
+    def _claim(self, store: BatchStore, n: int) -> list[BatchLine]:
+        with self._claiming:
+            return [] if self._stopping else store.claim(self.worker, n, self.lease)
+
+    async def _idle(self) -> None:
+        """Until the poll interval passes or a line finishes (its slot is free again)."""
+        waiting = [asyncio.ensure_future(asyncio.sleep(self.settings.poll_interval_s))]
+        waiting += list(self._lines)
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        waiting[0].cancel()
+
+    async def _run_line(self, store: BatchStore, line: BatchLine) -> None:
+        PRIORITY.set(self.settings.priority)  # this task's engine requests only
+        try:
+            scopes = await self._batch_scopes(store, line.batch_id)
+            status, body = await self._execute(line.url, line.body, scopes)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("batch line %s/%d failed", line.batch_id, line.number)
+            return  # its claim lapses and it runs again
+        if status == 503:  # the engine is (re)starting or stopping: not the line's fault
+            await asyncio.to_thread(store.unclaim, line, self.worker)
+            await asyncio.sleep(self.settings.poll_interval_s)  # its slot waits a little
+            return
+        request_id = f"req_{uuid.uuid4().hex}"
+        result = output_line(f"batch_req_{uuid.uuid4().hex}", line.custom_id, status,
+                             request_id, body)
+        if await asyncio.to_thread(store.finish, line, self.worker, status, result):
+            metrics.BATCH_LINES.labels("completed" if status == 200 else "failed").inc()
+
+    async def _batch_scopes(self, store: BatchStore, batch_id: str) -> list[str] | None:
+        if batch_id not in self._scopes:
+            batch = await asyncio.to_thread(store.get, batch_id, None)
+            self._scopes[batch_id] = [] if batch is None else batch.scope_list
+        return self._scopes[batch_id]
+
+    async def _finalize(self, store: BatchStore, batch: StoredBatch) -> None:
+        """Write the output (status 200) and error (the rest) files; then the batch ends."""
+        results = await asyncio.to_thread(store.results, batch.id)
+        files = self._files()
+        output = [line for status, line in results if status == 200]
+        errors = [line if status is not None else _dropped(custom_id=line, batch=batch)
+                  for status, line in results if status != 200]
+
+        async def save(lines: list[str], kind: str) -> str | None:
+            if not lines:
+                return None
+            data = ("\n".join(lines) + "\n").encode()
+            saved = await asyncio.to_thread(files.save, data, f"{batch.id}_{kind}.jsonl",
+                                            "batch_output", batch.owner)
+            return saved.id
+
+        output_id, error_id = await save(output, "output"), await save(errors, "error")
+        usage = batch_usage([json.loads(line) for line in output])
+        with contextlib.suppress(KeyError):
+            del self._scopes[batch.id]
+        if await asyncio.to_thread(store.complete, batch.id, self.worker,
+                                   output_file_id=output_id, error_file_id=error_id,
+                                   usage=usage):
+            logger.info("batch %s finalized: %d ok, %d failed", batch.id, len(output),
+                        len(errors))
+
+
+def _dropped(custom_id: str, batch: StoredBatch) -> str:
+    """The error line of a line that never ran, as OpenAI writes one: no response."""
+    expired = batch.outcome == "expired"
+    code = "batch_expired" if expired else "batch_cancelled"
+    message = ("This request could not be executed before the completion window expired."
+               if expired else "This request was not executed: the batch was cancelled.")
+    return json.dumps({"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": custom_id,
+                       "response": None, "error": {"code": code, "message": message}})

@@ -1,0 +1,93 @@
+"""The Files API, for batches: upload a batch input file, list, retrieve, read, delete.
+
+    POST   /v1/files                 multipart `file` + `purpose` (only "batch")
+    GET    /v1/files                 the caller's files, paged as OpenAI pages lists
+    GET    /v1/files/{id}            one file's FileObject
+    GET    /v1/files/{id}/content    its bytes (input, output and error files alike)
+    DELETE /v1/files/{id}            forget it
+
+An upload is checked whole before it is kept: JSONL, every line a request with a unique
+`custom_id`, method POST, a batch endpoint's url and an object body (400 naming the first
+bad line), at most `batch.max_file_bytes` (413). Every file belongs to the calling key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from fastapi import Depends, File, Form, Request, UploadFile
+from starlette.responses import Response
+
+from openchat.access.scopes import BATCH_SCOPE
+from openchat.api.routing import Router, caller_key_id, error_responses
+from openchat.config import BatchSettings
+from openchat.protocol.batches import FileListQuery, parse_batch_file
+from openchat.protocol.errors import APIError, invalid_param
+from openchat.storage.files import FileStore, StoredFile
+
+BATCH = frozenset({BATCH_SCOPE})
+
+
+def add_file_routes(router: Router, files: Callable[[], FileStore],
+                    settings: BatchSettings) -> None:
+    @router.post("/v1/files", scopes=BATCH, max_body=settings.max_file_bytes + 64 * 1024)
+    async def upload_file(request: Request, file: UploadFile = File(...),
+                          purpose: str = Form(...)) -> dict:
+        if purpose != "batch":
+            raise invalid_param("purpose", f"purpose {purpose!r} is not supported here; "
+                                "files are for batches: use 'batch'.")
+        data = await file.read(settings.max_file_bytes + 1)
+        if len(data) > settings.max_file_bytes:
+            raise APIError(f"The file is larger than {settings.max_file_bytes} bytes.",
+                           status=413, param="file", code="file_too_large")
+        await asyncio.to_thread(parse_batch_file, data, settings.max_lines)
+        saved = await asyncio.to_thread(files().save, data, file.filename or "batch.jsonl",
+                                        "batch", caller_key_id(request))
+        return saved.as_object()
+
+    @router.get("/v1/files", scopes=BATCH)
+    async def list_files(request: Request, query: FileListQuery = Depends()) -> dict:
+        found = await asyncio.to_thread(files().list, caller_key_id(request),
+                                        limit=query.limit + 1, order=query.order,
+                                        after=query.after, purpose=query.purpose)
+        data = [row.as_object() for row in found[:query.limit]]
+        return {"object": "list", "data": data,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+                "has_more": len(found) > query.limit}
+
+    @router.get("/v1/files/{file_id}", scopes=BATCH, label="/v1/files/{id}")
+    async def retrieve_file(file_id: str, request: Request) -> dict:
+        return (await _stored(files(), file_id, caller_key_id(request))).as_object()
+
+    content_path = "/v1/files/{file_id}/content"
+
+    @router.get(content_path, scopes=BATCH, label="/v1/files/{id}/content",
+                response_class=Response, responses={
+                    **error_responses({"GET"}, content_path, BATCH),
+                    200: {"description": "The file's bytes (JSONL for batch files).",
+                          "content": {"application/octet-stream": {}}}})
+    async def file_content(file_id: str, request: Request) -> Response:
+        data = await asyncio.to_thread(files().content, file_id, caller_key_id(request))
+        if data is None:
+            raise _not_found(file_id)
+        return Response(data, media_type="application/octet-stream")
+
+    @router.delete("/v1/files/{file_id}", scopes=BATCH, label="/v1/files/{id}")
+    async def delete_file(file_id: str, request: Request) -> dict:
+        if not await asyncio.to_thread(files().delete, file_id, caller_key_id(request)):
+            raise _not_found(file_id)
+        return {"id": file_id, "object": "file", "deleted": True}
+
+
+async def _stored(files: FileStore, file_id: str, owner: str | None) -> StoredFile:
+    found = await asyncio.to_thread(files.get, file_id, owner)
+    if found is None:
+        raise _not_found(file_id)
+    return found
+
+
+def _not_found(file_id: str) -> APIError:
+    return APIError(f"No such File object: {file_id}", status=404, param="id",
+                    code="not_found")

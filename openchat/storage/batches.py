@@ -1,0 +1,358 @@
+"""Batches and their lines, in SQL, so that every replica's runner shares one queue.
+
+A batch is created with all its lines (`pending`). A runner claims lines through the
+database with a compare-and-set on each line's `attempt` counter, so a line is run by one
+runner at a time however many replicas there are; the claim carries the runner's id and a
+time it renews (`heartbeat`) while it runs the line. A line whose claim was not renewed for
+the lease (its replica died) is claimed again; a runner that stops cleanly hands its lines
+back at once (`release`). A finished line (`done`) keeps its output line and is never run
+again, so a restart resumes only what was unfinished.
+
+When no line of a batch is pending or running, one runner wins the batch's finalization
+(the same compare-and-set, on the batch), writes its output and error files and gives it
+its final status: completed, cancelled (after `cancel`) or expired (past `expires_at`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import and_, func, insert, or_, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import registry
+from sqlmodel import Field, Session, SQLModel, col, select
+
+from openchat.databases import UTCDateTime, open_engine
+from openchat.storage.files import new_id
+
+ACTIVE = ("validating", "in_progress", "cancelling", "finalizing")
+EXPIRY = timedelta(hours=24)  # completion_window "24h", the one OpenAI offers
+_TIMESTAMPS = ("in_progress_at", "expires_at", "finalizing_at", "completed_at",
+               "failed_at", "expired_at", "cancelling_at", "cancelled_at")
+
+
+class BatchesModel(SQLModel, registry=registry()):
+    """Base of the batch tables: their own MetaData, apart from keys, responses, files."""
+
+
+class StoredBatch(BatchesModel, table=True):
+    __tablename__ = "batches"
+
+    id: str = Field(primary_key=True, max_length=64)
+    owner: str | None = Field(None, index=True, max_length=64, description="The key's id.")
+    scopes: str | None = Field(None, description="The creating key's scopes, as JSON (None "
+                               "with authentication off): what its lines may use.")
+    endpoint: str = Field(max_length=64)
+    model: str | None = Field(None, max_length=256, description="Its first line's model.")
+    input_file_id: str = Field(max_length=64)
+    completion_window: str = Field(max_length=8)
+    status: str = Field(index=True, max_length=16)
+    outcome: str | None = Field(None, max_length=16, description="The status the batch "
+                                "ends in once finalized.")
+    finalizer: str | None = Field(None, max_length=64, description="The runner finalizing it.")
+    metadata_json: str | None = None
+    errors_json: str | None = None
+    output_file_id: str | None = Field(None, max_length=64)
+    error_file_id: str | None = Field(None, max_length=64)
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    usage_json: str | None = Field(None, description="OpenAI's batch usage once it ended.")
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    in_progress_at: datetime | None = Field(None, sa_type=UTCDateTime)
+    expires_at: datetime | None = Field(None, sa_type=UTCDateTime)
+    finalizing_at: datetime | None = Field(None, sa_type=UTCDateTime)
+    completed_at: datetime | None = Field(None, sa_type=UTCDateTime)
+    failed_at: datetime | None = Field(None, sa_type=UTCDateTime)
+    expired_at: datetime | None = Field(None, sa_type=UTCDateTime)
+    cancelling_at: datetime | None = Field(None, sa_type=UTCDateTime)
+    cancelled_at: datetime | None = Field(None, sa_type=UTCDateTime)
+
+    @property
+    def scope_list(self) -> list[str] | None:
+        return None if self.scopes is None else json.loads(self.scopes)
+
+    def as_object(self, counts: tuple[int, int, int] | None = None) -> dict[str, Any]:
+        """OpenAI's Batch; `counts` (total, completed, failed) while the batch runs."""
+        total, completed, failed = counts or (self.total, self.completed, self.failed)
+        stamps = {name: _epoch(getattr(self, name)) for name in _TIMESTAMPS}
+        return {"id": self.id, "object": "batch", "endpoint": self.endpoint,
+                "errors": None if self.errors_json is None else json.loads(self.errors_json),
+                "input_file_id": self.input_file_id,
+                "completion_window": self.completion_window, "status": self.status,
+                "output_file_id": self.output_file_id, "error_file_id": self.error_file_id,
+                "created_at": _epoch(self.created_at), **stamps,
+                "request_counts": {"total": total, "completed": completed, "failed": failed},
+                "metadata": None if self.metadata_json is None
+                else json.loads(self.metadata_json), "model": self.model,
+                "usage": None if self.usage_json is None else json.loads(self.usage_json)}
+
+
+class BatchLine(BatchesModel, table=True):
+    __tablename__ = "batch_lines"
+
+    batch_id: str = Field(primary_key=True, max_length=64)
+    number: int = Field(primary_key=True, description="Its line in the input file, from 1.")
+    custom_id: str = Field(max_length=512)
+    url: str = Field(max_length=64)
+    body: str
+    state: str = Field("pending", index=True, max_length=16,
+                       description="pending, running, done or dropped (cancelled, expired).")
+    attempt: int = Field(0, description="Raised by every claim: the compare-and-set token.")
+    claimed_by: str | None = Field(None, index=True, max_length=64)
+    claimed_at: datetime | None = Field(None, sa_type=UTCDateTime)
+    status_code: int | None = None
+    result: str | None = Field(None, description="Its output line, as JSON.")
+
+
+def _epoch(moment: datetime | None) -> int | None:
+    return None if moment is None else int(moment.timestamp())
+
+
+class BatchStore:
+    def __init__(self, url: str) -> None:
+        self._engine = open_engine(url, "the batch store")
+        self.dialect = self._engine.dialect.name
+        try:
+            BatchesModel.metadata.create_all(self._engine)
+        except SQLAlchemyError:  # several workers racing to create it: one of them won
+            BatchesModel.metadata.create_all(self._engine)
+
+    # -- the API's side --------------------------------------------------------------------
+
+    def create(self, *, owner: str | None, scopes: list[str] | None, endpoint: str,
+               input_file_id: str, metadata: dict[str, str] | None,
+               lines: Sequence[tuple[int, str, str, str]],
+               model: str | None = None) -> StoredBatch:
+        """A batch in progress with its lines (number, custom_id, url, body). A line for
+        another endpoint fails the whole batch, as on OpenAI: nothing runs."""
+        now = datetime.now(UTC)
+        batch = StoredBatch(id=new_id("batch_"), owner=owner,
+                            scopes=None if scopes is None else json.dumps(sorted(scopes)),
+                            endpoint=endpoint, model=model, input_file_id=input_file_id,
+                            completion_window="24h", status="in_progress",
+                            metadata_json=None if metadata is None else json.dumps(metadata),
+                            total=len(lines), created_at=now, in_progress_at=now,
+                            expires_at=now + EXPIRY)
+        wrong = [(number, url) for number, _, url, _ in lines if url != endpoint]
+        if wrong:
+            batch.status, batch.failed_at, batch.in_progress_at = "failed", now, None
+            batch.errors_json = json.dumps({"object": "list", "data": [
+                {"code": "invalid_url", "line": number, "param": "url",
+                 "message": f"The line's url {url!r} is not the batch's endpoint "
+                 f"{endpoint!r}."} for number, url in wrong[:100]]})
+        with Session(self._engine, expire_on_commit=False) as session:
+            session.add(batch)
+            session.flush()
+            if not wrong:
+                session.execute(insert(BatchLine), [
+                    {"batch_id": batch.id, "number": number, "custom_id": custom_id,
+                     "url": url, "body": body, "state": "pending", "attempt": 0}
+                    for number, custom_id, url, body in lines])
+            session.commit()
+        return batch
+
+    def get(self, batch_id: str, owner: str | None) -> StoredBatch | None:
+        with Session(self._engine, expire_on_commit=False) as session:
+            row = session.get(StoredBatch, batch_id)
+        if row is None or (owner is not None and row.owner != owner):
+            return None
+        return row
+
+    def list(self, owner: str | None, *, limit: int,
+             after: str | None = None) -> list[StoredBatch]:
+        """Newest first; `after`: continue past that batch id."""
+        query = select(StoredBatch)
+        if owner is not None:
+            query = query.where(StoredBatch.owner == owner)
+        if after is not None:
+            query = query.where(col(StoredBatch.id) < after)
+        with Session(self._engine, expire_on_commit=False) as session:
+            return list(session.exec(query.order_by(col(StoredBatch.id).desc()).limit(limit)))
+
+    def counts(self, batch_id: str) -> tuple[int, int, int]:
+        """(total, completed, failed) of a batch's lines, as they stand."""
+        query = (select(BatchLine.status_code, func.count())
+                 .where(BatchLine.batch_id == batch_id, BatchLine.state == "done")
+                 .group_by(col(BatchLine.status_code)))
+        with Session(self._engine) as session:
+            done = dict(session.exec(query).all())
+            total = session.exec(select(func.count()).where(
+                BatchLine.batch_id == batch_id)).one()
+        completed = done.get(200, 0)
+        return total, completed, sum(done.values()) - completed
+
+    def view(self, batch: StoredBatch) -> dict[str, Any]:
+        """The Batch object, with live counts while it runs."""
+        return batch.as_object(self.counts(batch.id) if batch.status in ACTIVE else None)
+
+    def cancel(self, batch_id: str, owner: str | None) -> StoredBatch | None:
+        """Stop a running batch: its pending lines are dropped, running ones finish, then
+        it is finalized as cancelled. A batch that has ended is returned unchanged."""
+        if self.get(batch_id, owner) is None:
+            return None
+        now = datetime.now(UTC)
+        with Session(self._engine) as session:
+            session.execute(update(StoredBatch).where(
+                col(StoredBatch.id) == batch_id,
+                col(StoredBatch.status).in_(("validating", "in_progress")),
+            ).values(status="cancelling", cancelling_at=now, outcome="cancelled"))
+            session.execute(update(BatchLine).where(
+                col(BatchLine.batch_id) == batch_id, col(BatchLine.state) == "pending",
+            ).values(state="dropped"))
+            session.commit()
+        return self.get(batch_id, owner)
+
+    # -- the runners' side -----------------------------------------------------------------
+
+    def claim(self, worker: str, n: int, lease: timedelta) -> list[BatchLine]:
+        """Up to `n` lines for `worker` to run: pending ones of running batches, oldest
+        batch first, and lines whose claim has lapsed."""
+        now = datetime.now(UTC)
+        runnable = or_(col(BatchLine.state) == "pending",
+                       and_(col(BatchLine.state) == "running",
+                            col(BatchLine.claimed_at) < now - lease))
+        query = (select(BatchLine).join(StoredBatch, col(StoredBatch.id) == BatchLine.batch_id)
+                 .where(StoredBatch.status == "in_progress", runnable)
+                 .order_by(col(BatchLine.batch_id), col(BatchLine.number)).limit(n * 2))
+        claimed: list[BatchLine] = []
+        with Session(self._engine, expire_on_commit=False) as session:
+            for line in session.exec(query).all():
+                if len(claimed) == n:
+                    break
+                won = session.execute(update(BatchLine).where(
+                    col(BatchLine.batch_id) == line.batch_id,
+                    col(BatchLine.number) == line.number,
+                    col(BatchLine.attempt) == line.attempt, col(BatchLine.state) == line.state,
+                ).values(state="running", attempt=line.attempt + 1, claimed_by=worker,
+                         claimed_at=now))
+                session.commit()
+                if won.rowcount == 1:
+                    claimed.append(line)
+        return claimed
+
+    def heartbeat(self, worker: str) -> None:
+        """Renew the claims of the lines `worker` is running."""
+        with Session(self._engine) as session:
+            session.execute(update(BatchLine).where(
+                col(BatchLine.claimed_by) == worker, col(BatchLine.state) == "running",
+            ).values(claimed_at=datetime.now(UTC)))
+            session.commit()
+
+    def finish(self, line: BatchLine, worker: str, status_code: int,
+               result: dict[str, Any]) -> bool:
+        """Keep a line's output; False if its claim was lost (another runner has it)."""
+        with Session(self._engine) as session:
+            done = session.execute(update(BatchLine).where(
+                col(BatchLine.batch_id) == line.batch_id, col(BatchLine.number) == line.number,
+                col(BatchLine.claimed_by) == worker, col(BatchLine.state) == "running",
+            ).values(state="done", status_code=status_code, result=json.dumps(result)))
+            session.commit()
+        return done.rowcount == 1
+
+    def unclaim(self, line: BatchLine, worker: str) -> None:
+        """Hand one line back unrun (the engine could not take it now)."""
+        with Session(self._engine) as session:
+            session.execute(update(BatchLine).where(
+                col(BatchLine.batch_id) == line.batch_id, col(BatchLine.number) == line.number,
+                col(BatchLine.claimed_by) == worker, col(BatchLine.state) == "running",
+            ).values(state="pending", claimed_by=None, claimed_at=None))
+            session.commit()
+
+    def release(self, worker: str) -> None:
+        """Hand `worker`'s running lines back (it is stopping): they run again elsewhere."""
+        with Session(self._engine) as session:
+            session.execute(update(BatchLine).where(
+                col(BatchLine.claimed_by) == worker, col(BatchLine.state) == "running",
+            ).values(state="pending", claimed_by=None, claimed_at=None))
+            session.commit()
+
+    def to_finalize(self, worker: str, lease: timedelta) -> list[StoredBatch]:
+        """Batches with nothing left to run that `worker` has won the right to finalize
+        (expired ones have their pending lines dropped first)."""
+        now = datetime.now(UTC)
+        with Session(self._engine, expire_on_commit=False) as session:
+            session.execute(update(StoredBatch).where(
+                col(StoredBatch.status) == "in_progress", col(StoredBatch.expires_at) < now,
+            ).values(status="finalizing", outcome="expired", finalizing_at=now))
+            expired = select(StoredBatch.id).where(StoredBatch.outcome == "expired",
+                                                   StoredBatch.status == "finalizing")
+            session.execute(update(BatchLine).where(
+                col(BatchLine.batch_id).in_(expired), col(BatchLine.state) == "pending",
+            ).values(state="dropped"))
+            ending = select(StoredBatch.id).where(
+                col(StoredBatch.status).in_(("cancelling", "finalizing")))
+            session.execute(update(BatchLine).where(  # their runner died: not run again
+                col(BatchLine.batch_id).in_(ending), col(BatchLine.state) == "running",
+                col(BatchLine.claimed_at) < now - lease,
+            ).values(state="dropped"))
+            session.commit()
+            unfinished = select(BatchLine.batch_id).where(
+                col(BatchLine.state).in_(("pending", "running"))).distinct()
+            candidates = session.exec(select(StoredBatch).where(
+                col(StoredBatch.status).in_(("in_progress", "cancelling", "finalizing")),
+                col(StoredBatch.id).not_in(unfinished),
+                or_(col(StoredBatch.finalizer).is_(None),
+                    col(StoredBatch.finalizing_at) < now - lease))).all()
+            won = []
+            for batch in candidates:
+                claimed = session.execute(update(StoredBatch).where(
+                    col(StoredBatch.id) == batch.id, col(StoredBatch.status) == batch.status,
+                    col(StoredBatch.finalizer).is_(None) if batch.finalizer is None
+                    else col(StoredBatch.finalizer) == batch.finalizer,
+                ).values(finalizer=worker, finalizing_at=now,
+                         status="finalizing" if batch.status == "in_progress"
+                         else batch.status,
+                         outcome=batch.outcome or "completed"))
+                session.commit()
+                if claimed.rowcount == 1:
+                    won.append(batch)
+        return won
+
+    def results(self, batch_id: str) -> list[tuple[int | None, str]]:
+        """(status_code, output line JSON) of the finished lines and (None, custom_id) of
+        the dropped ones (cancelled, expired), in file order."""
+        with Session(self._engine) as session:
+            rows = session.exec(
+                select(BatchLine.status_code, BatchLine.result, BatchLine.custom_id)
+                .where(BatchLine.batch_id == batch_id,
+                       col(BatchLine.state).in_(("done", "dropped")))
+                .order_by(col(BatchLine.number))).all()
+        return [(status, result) if result is not None else (None, custom_id)
+                for status, result, custom_id in rows]
+
+    def complete(self, batch_id: str, worker: str, *, output_file_id: str | None,
+                 error_file_id: str | None, usage: dict[str, Any] | None = None) -> bool:
+        """Give a finalized batch its files, counts, usage and final status (its
+        `outcome`)."""
+        total, completed, failed = self.counts(batch_id)
+        now = datetime.now(UTC)
+        with Session(self._engine) as session:
+            batch = session.get(StoredBatch, batch_id)
+            if batch is None or batch.finalizer != worker:
+                return False
+            outcome = batch.outcome or "completed"
+            batch.status = outcome
+            setattr(batch, f"{outcome}_at", now)
+            batch.output_file_id, batch.error_file_id = output_file_id, error_file_id
+            batch.total, batch.completed, batch.failed = total, completed, failed
+            batch.usage_json = None if usage is None else json.dumps(usage)
+            session.add(batch)
+            session.commit()
+        return True
+
+    def dispose(self) -> None:
+        self._engine.dispose()
+
+    def __repr__(self) -> str:  # never the URL: it may hold a password
+        return f"BatchStore({self.dialect})"
+
+
+@lru_cache(maxsize=4)
+def open_batch_store(url: str) -> BatchStore:
+    """The process's one BatchStore per URL."""
+    return BatchStore(url)

@@ -1,0 +1,141 @@
+"""Files for the Batch API: uploaded batch input files and the output and error files the
+batch runner writes. Metadata in SQL (sqlmodel: SQLite, or PostgreSQL shared by replicas),
+bytes in a directory (`batch.files_dir`, a shared volume for replicas), one file per id.
+
+A file belongs to the API key that uploaded it, or that owns the batch it came out of
+(`owner`); every lookup filters on it, so another key's file is simply not found (404).
+With authentication off the owner is None and every file is visible.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import registry
+from sqlmodel import Field, Session, SQLModel, col, select
+
+from openchat.databases import UTCDateTime, open_engine
+
+Purpose = Literal["batch", "batch_output"]
+
+
+class FilesModel(SQLModel, registry=registry()):
+    """Base of the file table: its own MetaData, apart from keys, responses and batches."""
+
+
+class StoredFile(FilesModel, table=True):
+    __tablename__ = "files"
+
+    id: str = Field(primary_key=True, max_length=64)
+    owner: str | None = Field(None, index=True, max_length=64, description="The key's id.")
+    filename: str = Field(max_length=512)
+    purpose: str = Field(max_length=32)
+    bytes: int
+    created_at: datetime = Field(sa_type=UTCDateTime, index=True)
+
+    def as_object(self) -> dict[str, Any]:
+        """OpenAI's FileObject."""
+        return {"id": self.id, "object": "file", "bytes": self.bytes,
+                "created_at": int(self.created_at.timestamp()), "filename": self.filename,
+                "purpose": self.purpose, "status": "processed", "expires_at": None,
+                "status_details": None}
+
+
+def new_id(prefix: str) -> str:
+    """`prefix` + a time-ordered hex id: later ids sort after earlier ones, so a list page
+    can continue `after` an id with one comparison."""
+    return f"{prefix}{time.time_ns():016x}{secrets.token_hex(6)}"
+
+
+class FileStore:
+    def __init__(self, url: str, directory: str | Path) -> None:
+        self._engine = open_engine(url, "the file store")
+        self.dialect = self._engine.dialect.name
+        self.directory = Path(directory).resolve()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            FilesModel.metadata.create_all(self._engine)
+        except SQLAlchemyError:  # several workers racing to create it: one of them won
+            FilesModel.metadata.create_all(self._engine)
+
+    def save(self, data: bytes, filename: str, purpose: Purpose,
+             owner: str | None) -> StoredFile:
+        """Bytes first (written aside, then renamed), then the row: a file listed is whole."""
+        file_id = new_id("file-")
+        path = self._path(file_id)
+        partial = path.with_suffix(".partial")
+        partial.write_bytes(data)
+        os.replace(partial, path)
+        row = StoredFile(id=file_id, owner=owner, filename=filename[:512], purpose=purpose,
+                         bytes=len(data), created_at=datetime.now(UTC))
+        with Session(self._engine, expire_on_commit=False) as session:
+            session.add(row)
+            session.commit()
+        return row
+
+    def get(self, file_id: str, owner: str | None) -> StoredFile | None:
+        with Session(self._engine, expire_on_commit=False) as session:
+            row = session.get(StoredFile, file_id)
+        if row is None or (owner is not None and row.owner != owner):
+            return None
+        return row
+
+    def content(self, file_id: str, owner: str | None) -> bytes | None:
+        row = self.get(file_id, owner)
+        if row is None:
+            return None
+        try:
+            return self._path(row.id).read_bytes()
+        except FileNotFoundError:  # deleted meanwhile
+            return None
+
+    def list(self, owner: str | None, *, limit: int, order: Literal["asc", "desc"] = "desc",
+             after: str | None = None, purpose: str | None = None) -> list[StoredFile]:
+        """Up to `limit` files in creation order; `after`: continue past that id."""
+        query = select(StoredFile)
+        if owner is not None:
+            query = query.where(StoredFile.owner == owner)
+        if purpose is not None:
+            query = query.where(StoredFile.purpose == purpose)
+        if after is not None:
+            query = query.where(col(StoredFile.id) < after if order == "desc"
+                                else col(StoredFile.id) > after)
+        ordering = col(StoredFile.id).desc() if order == "desc" else col(StoredFile.id)
+        with Session(self._engine, expire_on_commit=False) as session:
+            return list(session.exec(query.order_by(ordering).limit(limit)))
+
+    def delete(self, file_id: str, owner: str | None) -> bool:
+        row = self.get(file_id, owner)
+        if row is None:
+            return False
+        with Session(self._engine) as session:
+            found = session.get(StoredFile, file_id)
+            if found is not None:
+                session.delete(found)
+                session.commit()
+        self._path(file_id).unlink(missing_ok=True)
+        return True
+
+    def _path(self, file_id: str) -> Path:
+        if not file_id.replace("-", "").isalnum():  # ids are ours; never a path
+            raise ValueError(f"not a file id: {file_id!r}")
+        return self.directory / file_id
+
+    def dispose(self) -> None:
+        self._engine.dispose()
+
+    def __repr__(self) -> str:  # never the URL: it may hold a password
+        return f"FileStore({self.dialect}, {self.directory})"
+
+
+@lru_cache(maxsize=4)
+def open_file_store(url: str, directory: str) -> FileStore:
+    """The process's one FileStore per URL and directory."""
+    return FileStore(url, directory)

@@ -7,9 +7,11 @@ answer ends); the figures are measured by load/probes.py (docs/benchmarks.md).""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import httpx
+import psutil
 import pytest
 
 from tests.conftest import AUTH
@@ -51,3 +53,22 @@ def test_probes_and_short_requests_answer_while_long_answers_run(base_url):
 
     slowest = asyncio.run(scenario())
     assert all(seconds < 5 for seconds in slowest.values()), slowest
+
+
+def test_the_engine_and_the_http_process_run_on_separate_cores(service):
+    """openchat/generation/placement.py: the EngineCore and its compute worker on the
+    engine's cores (VLLM_CPU_OMP_THREADS_BIND), every thread of the HTTP worker on the
+    others; without it the EngineCore's busy-wait took the HTTP core."""
+    host = os.sched_getaffinity(0)
+    if len(host) < 2:
+        pytest.skip("one core: nothing to separate")
+    processes = psutil.Process(service.process.pid).children(recursive=True)
+
+    def cores(marker: str) -> set[int]:
+        process = next(p for p in processes if marker in " ".join(p.cmdline()))
+        return set().union(*(os.sched_getaffinity(t.id) for t in process.threads()))
+
+    engine = cores("VLLM::EngineCore") | cores("VLLM::Worker")
+    http = cores("_bentoml_impl.worker")
+    assert engine and http and not engine & http, (engine, http)
+    assert engine | http <= host

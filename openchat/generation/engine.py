@@ -11,6 +11,8 @@ tests (tests/fake_engine.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import math
 import os
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from openchat.config import EngineSettings, Settings
+from openchat.generation.placement import engine_placement, parse_cpus
 from openchat.protocol.errors import APIError
 from openchat.telemetry import usage
 
@@ -84,6 +87,7 @@ class EngineLayout:
     threads: str
 
 
+@functools.cache  # the host's cores as first seen, before engine_placement narrows them
 def _available_cpus() -> list[int]:
     try:
         return sorted(os.sched_getaffinity(0))
@@ -162,7 +166,10 @@ class VLLMEngine:
         check_model_source(settings.model)
         args, self.layout = self._engine_args(settings, AsyncEngineArgs)
         logger.info("starting vLLM engine: %s", self.layout)
-        self._llm = AsyncLLM.from_engine_args(args)
+        placement = (engine_placement(parse_cpus(self.layout.threads), set(_available_cpus()))
+                     if self.layout.device == "cpu" else contextlib.nullcontext())
+        with placement:  # its processes start on the engine's cores; this one leaves them
+            self._llm = AsyncLLM.from_engine_args(args)
         self.max_model_len = self._llm.model_config.max_model_len
         self._running: set[str] = set()  # request ids, for abort_all()
 

@@ -1,0 +1,64 @@
+"""Unit: openchat/generation/placement.py moves every thread of this process, and what
+it starts inherits the engine's cores (the end-to-end check is in test_responsiveness)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from openchat.generation.placement import engine_placement, parse_cpus
+
+
+def test_parse_cpus_reads_lists_and_ranges():
+    assert parse_cpus("0") == {0}
+    assert parse_cpus("0,2-4,7") == {0, 2, 3, 4, 7}
+
+
+@pytest.fixture
+def restore_affinity():
+    before = {int(t): os.sched_getaffinity(int(t)) for t in os.listdir("/proc/self/task")}
+    yield
+    for tid, cpus in before.items():
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except OSError:
+            pass
+
+
+def _child_cores() -> set[int]:
+    code = "import json, os; print(json.dumps(sorted(os.sched_getaffinity(0))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    return set(json.loads(out))
+
+
+def test_the_engine_starts_on_its_cores_and_this_process_moves_off_them(restore_affinity):
+    host = os.sched_getaffinity(0)
+    if len(host) < 2:
+        pytest.skip("needs two cores")
+    engine = {min(host)}
+    idle = threading.Event()
+    waiting = threading.Thread(target=idle.wait, daemon=True)  # a thread that exists already
+    waiting.start()
+    with engine_placement(engine, host) as http:
+        assert http == host - engine
+        assert _child_cores() == engine  # a process started here inherits the engine's cores
+        assert os.sched_getaffinity(waiting.native_id) == engine
+    assert os.sched_getaffinity(0) == host - engine
+    assert os.sched_getaffinity(waiting.native_id) == host - engine
+    idle.set()
+
+
+def test_one_core_or_a_foreign_binding_moves_nothing(restore_affinity):
+    host = os.sched_getaffinity(0)
+    with engine_placement(set(host), host) as http:  # the engine takes every core
+        assert http == set()
+        assert os.sched_getaffinity(0) == host
+    with engine_placement({10_000}, host) as http:  # a core this host does not have
+        assert http == set()
+    assert os.sched_getaffinity(0) == host

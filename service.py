@@ -150,6 +150,7 @@ class OpenChat:
         tokenizer = OpenChatTokenizer(find_tokenizer_model(SETTINGS.tokenizer or SETTINGS.model))
         self.template = OpenChatTemplate(tokenizer)
         self.sources = DataSources.open(SETTINGS)
+        self._watchdog: asyncio.Task[None] | None = None  # started with the server
         self._serve_with(engine)
         logger.info("serving %s as %s", SETTINGS.model,
                     ", ".join(p.model_id for p in SETTINGS.presets.values()))
@@ -165,7 +166,10 @@ class OpenChat:
         return self.engine.is_healthy and not DRAIN.draining
 
     def __is_alive__(self) -> bool:
-        return self.engine.is_healthy or _restarting  # a restarting worker is recovering
+        # A dead engine the watchdog has yet to notice (it polls) or that is being
+        # replaced is a worker recovering; only a failed recovery is not alive.
+        watching = self._watchdog is not None and not self._watchdog.done()
+        return self.engine.is_healthy or _restarting or watching
 
     @bentoml.on_startup
     async def watch_engine(self) -> None:
@@ -177,15 +181,15 @@ class OpenChat:
         openai_app.state.batch_runner.start(hold=lambda: DRAIN.draining)
 
     def _on_engine_death(self) -> None:
+        global _restarting
         if DRAIN.draining:  # the engine ended its own drain after SIGTERM: nothing is wrong
             return
+        _restarting = True  # now, not when the task first runs: liveness must not blink
         self._restart = asyncio.create_task(self._restart_engine())
 
     async def _restart_engine(self) -> None:
-        global _restarting
         from openchat.generation.engine import VLLMEngine
 
-        _restarting = True
         logger.critical("starting a new vLLM engine in this worker")
         try:
             await asyncio.to_thread(self.engine.shutdown)

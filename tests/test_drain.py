@@ -80,6 +80,20 @@ def _all_gone(processes: list[psutil.Process], timeout: float = 30) -> bool:
     return False
 
 
+def _wait_running(url: str, count: int, timeout: float = 60) -> None:
+    """Until the engine runs `count` requests: both are surely in flight, not still on
+    their way (a loaded machine can be slow to send one)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        metrics = httpx.get(f"{url}/metrics", headers=AUTH, timeout=30).text
+        running = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                   if line.startswith("vllm:num_requests_running")]
+        if running and sum(running) >= count:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the engine did not run {count} requests within {timeout} s")
+
+
 def _readiness_fails(url: str, within: float) -> bool:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -130,7 +144,7 @@ def test_sigterm_drains_in_flight_requests_then_stops(tmp_path):
         with ThreadPoolExecutor(1) as pool:
             whole = pool.submit(_whole, running.url, 1200)
             assert stream.started.wait(60)
-            time.sleep(0.5)
+            _wait_running(running.url, 2)
             # A supervisor (Docker, Kubernetes, systemd) signals the main process only.
             os.kill(running.process.pid, signal.SIGTERM)
             # Readiness fails within moments, so the load balancer stops sending.
@@ -152,13 +166,14 @@ def test_sigterm_drains_in_flight_requests_then_stops(tmp_path):
         assert finishes[-1] == "length", stream.events[-3:]
         assert not any(isinstance(e, dict) and "error" in e for e in stream.events)
 
-        running.process.wait(timeout=90)
+        assert running.process.wait(timeout=90) == 0, running.log()[-3000:]
         outcomes = prober.stop()
         assert outcomes, "the prober sent nothing"
         assert set(outcomes) <= {"503 shutting_down", "refused"}, outcomes
         assert _all_gone(processes), "an engine process outlived the server"
         log = running.log()
         assert "draining 2 requests in flight" in log
+        assert "stopping vLLM engine" in log
         assert "Traceback" not in log
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{running.url}/livez", timeout=5)
@@ -176,7 +191,7 @@ def test_requests_past_the_grace_period_end_with_a_clear_error(tmp_path):
         with ThreadPoolExecutor(1) as pool:
             whole = pool.submit(_whole, running.url, 8000)
             assert stream.started.wait(60)
-            time.sleep(0.5)
+            _wait_running(running.url, 2)
             signalled = time.monotonic()
             os.kill(running.process.pid, signal.SIGTERM)
             answer = whole.result(timeout=120)

@@ -20,6 +20,10 @@ def _chat(url: str, tokens: int) -> httpx.Response:
     return httpx.post(f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=60)
 
 
+def _next_event(lines) -> str:
+    return next(line for line in lines if line)  # events are separated by blank lines
+
+
 def _assert_openai_error(response: httpx.Response, status: int) -> dict:
     assert response.status_code == status, response.text
     error = response.json()["error"]
@@ -35,15 +39,22 @@ def test_concurrency_limit_and_timeout_answer_in_openai_shape(tmp_path):
     try:
         running.wait_ready()
         body = {"model": "openchat-3.5", "messages": [{"role": "user", "content": "Hi"}],
-                "max_tokens": 300, "ignore_eos": True, "stream": True}
-        # A stream that has started is surely in flight: the one request allowed.
+                "max_tokens": 8000, "ignore_eos": True, "stream": True}
+        # A stream that has started and is far from its end is surely in flight: the one
+        # request allowed (a short one could end before the next request arrives).
         with httpx.stream("POST", f"{running.url}/v1/chat/completions", json=body,
                           headers=AUTH, timeout=120) as stream:
             lines = stream.iter_lines()
-            assert next(lines).startswith("data: ")
+            assert _next_event(lines).startswith("data: ")
             error = _assert_openai_error(_chat(running.url, 2), 429)
             assert error["code"] == "server_busy"
-            assert "data: [DONE]" in list(lines)  # the running stream is unharmed
+            assert _next_event(lines).startswith("data: ")  # the running stream is unharmed
+        # The client hung up: its slot is free again within moments.
+        deadline = time.monotonic() + 20
+        while (answer := _chat(running.url, 2)).status_code == 429:
+            assert time.monotonic() < deadline, "the hung-up stream kept its slot"
+            time.sleep(0.2)
+        assert answer.status_code == 200, answer.text
         started = time.monotonic()
         error = _assert_openai_error(_chat(running.url, 8000), 504)  # far longer than 3 s
         assert error["code"] == "timeout"

@@ -59,6 +59,18 @@ DEFAULT_PROMPT_TEXT = "What are three good reasons to learn a second language?"
 # Servers
 
 
+def provenance(args) -> dict:
+    """What a result file records about its run: options, commit, time and machine."""
+    return {
+        "config": dict(vars(args)),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                 capture_output=True, text=True).stdout.strip(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": len(os.sched_getaffinity(0)),
+                    "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
+    }
+
+
 def _cpu_bind() -> str:
     """The same OpenMP binding the service computes (openchat/generation/engine.py): the declared cpu
     count (configuration.yaml: 4) capped by the host, minus one core for HTTP."""

@@ -19,15 +19,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-from bench import MODEL_ID, ROOT, make_targets
+from bench import MODEL_ID, ROOT, make_targets, provenance
 
 # Completions with a text prompt: raw vLLM serves them without a chat template.
 SHORT = {"model": MODEL_ID, "prompt": "Hi", "max_tokens": 4}
@@ -152,12 +150,7 @@ def main() -> None:
         finally:
             target.stop()
     report = {
-        "config": {k: v for k, v in vars(args).items()},
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                 capture_output=True, text=True).stdout.strip(),
-        "machine": {"cpus": len(os.sched_getaffinity(0)),
-                    "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **provenance(args),
         "logs": str(tmp),
         "targets": results,
     }

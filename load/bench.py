@@ -23,8 +23,14 @@ raw vLLM's SSE stream in one burst at the end of generation (the time to first t
 equals the whole latency), while aiohttp, httpx's sync client and a bare asyncio socket all
 saw the tokens arrive one by one. httpx is only used for the readiness probe.
 
-Usage:  .venv/bin/python load/bench.py                 # defaults: ~10 minutes on 2 cores
-        .venv/bin/python load/bench.py --quick         # smoke run, ~3 minutes
+Each round starts raw vLLM, loads it, stops it, then does the same with the service;
+rounds interleave (raw, service, raw, service, ...) and the report gives every figure as
+the median over the rounds with its range, and the service/raw ratios as the median of the
+per-round ratios, so one slow round on a shared machine shows as spread, not as a result.
+
+Usage:  .venv/bin/python load/bench.py                 # 3 rounds: ~15 minutes on 2 cores
+        .venv/bin/python load/bench.py --rounds 5      # more rounds, tighter medians
+        .venv/bin/python load/bench.py --quick         # smoke run, one round, ~3 minutes
         .venv/bin/python load/bench.py --only service  # one target
 """
 
@@ -361,44 +367,67 @@ def _ratio(a, b):
     return f"{a / b:.2f}" if a and b else "-"
 
 
+def _spread(values: list) -> str:
+    """A metric over the rounds: its median, and the range when there are several."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    middle = statistics.median(values)
+    if len(values) == 1:
+        return f"{middle:g}"
+    return f"{middle:g} ({min(values):g}-{max(values):g})"
+
+
+def _ratios(rounds: list[dict], pick) -> str:
+    """Median of the per-round service/raw ratios, with their range."""
+    ratios = []
+    for one in rounds:
+        raw, ours = pick(one["vllm"]), pick(one["service"])
+        if raw and ours:
+            ratios.append(round(ours / raw, 2))
+    return _spread(ratios)
+
+
 def report(results: dict, args) -> str:
-    v, s = results.get("vllm"), results.get("service")
-    lines = []
-    if v and s:
-        lines.append("### Closed loop (streaming /v1/completions, "
-                     f"{args.closed_max_tokens} tokens out, {args.closed_duration:.0f} s per level)\n")
-        lines.append("| concurrency | metric | raw vLLM | service | service / vLLM |")
-        lines.append("|---:|---|---:|---:|---:|")
-        metrics = [("req_per_s", "requests/s"), ("out_tok_per_s", "output tokens/s"),
-                   ("lat_p50_ms", "latency p50 (ms)"), ("lat_p95_ms", "latency p95 (ms)"),
-                   ("ttft_p50_ms", "TTFT p50 (ms)"), ("ttft_p95_ms", "TTFT p95 (ms)"),
-                   ("errors", "errors")]
-        for c in args.concurrency:
-            rv, rs = v["closed"][str(c)], s["closed"][str(c)]
-            for key, label in metrics:
-                lines.append(f"| {c} | {label} | {rv[key]} | {rs[key]} | "
-                             f"{_ratio(rs[key], rv[key]) if key != 'errors' else ''} |")
-        lines.append("")
-        lines.append("### Open loop (non-streaming /v1/completions, "
-                     f"{args.open_max_tokens} tokens out, {args.open_duration:.0f} s per rate)\n")
-        lines.append("| offered req/s | vLLM achieved | vLLM p50 ms | vLLM p95 ms | vLLM err "
-                     "| service achieved | service p50 ms | service p95 ms | service err | p95 ratio |")
-        lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for rate in args.rates:
-            rv, rs = v["open"][str(rate)], s["open"][str(rate)]
-            lines.append(f"| {rate:g} | {rv['req_per_s']} | {rv['lat_p50_ms']} | {rv['lat_p95_ms']} | "
-                         f"{rv['errors']} | {rs['req_per_s']} | {rs['lat_p50_ms']} | "
-                         f"{rs['lat_p95_ms']} | {rs['errors']} | "
-                         f"{_ratio(rs['lat_p95_ms'], rv['lat_p95_ms'])} |")
-        lines.append("")
-        lines.append(f"Highest offered rate with p95 < {args.p95_threshold_ms:g} ms (and no errors): "
-                     f"raw vLLM {results['highest_ok_rate'].get('vllm')} req/s, "
-                     f"service {results['highest_ok_rate'].get('service')} req/s.")
-        lines.append(f"Startup to ready: raw vLLM {v['startup_s']} s, service {s['startup_s']} s.")
-    else:
-        for name, r in results.items():
-            if name in ("vllm", "service"):
-                lines.append(f"{name}: {json.dumps(r, indent=1)}")
+    rounds = results["rounds"]
+    if not all("vllm" in one and "service" in one for one in rounds):
+        return "\n".join(json.dumps(one, indent=1) for one in rounds)
+    lines = [f"{len(rounds)} interleaved rounds; each cell: median (range over rounds).\n",
+             "### Closed loop (streaming /v1/completions, "
+             f"{args.closed_max_tokens} tokens out, {args.closed_duration:.0f} s per level)\n",
+             "| concurrency | metric | raw vLLM | service | service / vLLM |",
+             "|---:|---|---:|---:|---:|"]
+    metrics = [("req_per_s", "requests/s"), ("out_tok_per_s", "output tokens/s"),
+               ("lat_p50_ms", "latency p50 (ms)"), ("lat_p95_ms", "latency p95 (ms)"),
+               ("ttft_p50_ms", "TTFT p50 (ms)"), ("ttft_p95_ms", "TTFT p95 (ms)"),
+               ("errors", "errors")]
+    for c in args.concurrency:
+        for key, label in metrics:
+            def pick(target, key=key, c=str(c)):
+                return target["closed"][c][key]
+            cells = [_spread([pick(one[n]) for one in rounds]) for n in ("vllm", "service")]
+            ratio = _ratios(rounds, pick) if key != "errors" else ""
+            lines.append(f"| {c} | {label} | {cells[0]} | {cells[1]} | {ratio} |")
+    lines += ["", "### Open loop (non-streaming /v1/completions, "
+              f"{args.open_max_tokens} tokens out, {args.open_duration:.0f} s per rate)\n",
+              "| offered req/s | raw achieved | raw p50 ms | raw p95 ms | raw errors "
+              "| service achieved | service p50 ms | service p95 ms | service errors "
+              "| p95 service / raw |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for rate in args.rates:
+        row = [f"{rate:g}"]
+        for n in ("vllm", "service"):
+            for key in ("req_per_s", "lat_p50_ms", "lat_p95_ms", "errors"):
+                row.append(_spread([one[n]["open"][str(rate)][key] for one in rounds]))
+        row.append(_ratios(rounds, lambda t, r=str(rate): t["open"][r]["lat_p95_ms"]))
+        lines.append("| " + " | ".join(row) + " |")
+    best = {n: _spread([one["highest_ok_rate"][n] for one in rounds])
+            for n in ("vllm", "service")}
+    lines += ["", f"Highest offered rate with p95 < {args.p95_threshold_ms:g} ms and no errors: "
+              f"raw vLLM {best['vllm']} req/s, service {best['service']} req/s.",
+              "Startup to ready (s): raw vLLM "
+              f"{_spread([one['vllm']['startup_s'] for one in rounds])}, service "
+              f"{_spread([one['service']['startup_s'] for one in rounds])}."]
     return "\n".join(lines)
 
 
@@ -510,22 +539,24 @@ def main() -> None:
     p.add_argument("--only", choices=["vllm", "service"], action="append")
     p.add_argument("--vllm-port", type=int, default=18431)
     p.add_argument("--service-port", type=int, default=18432)
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     p.add_argument("--closed-duration", type=float, default=20)
     p.add_argument("--closed-max-tokens", type=int, default=64)
-    p.add_argument("--rates", type=float, nargs="+", default=[1, 2, 4, 6, 8, 10])
-    p.add_argument("--open-duration", type=float, default=15)
+    p.add_argument("--rates", type=float, nargs="+", default=[5, 10, 15, 20, 25, 30])
+    p.add_argument("--open-duration", type=float, default=10)
     p.add_argument("--open-max-tokens", type=int, default=32)
     p.add_argument("--p95-threshold-ms", type=float, default=800)
     p.add_argument("--startup-timeout", type=float, default=300)
     p.add_argument("--prompt", default=DEFAULT_PROMPT_TEXT)
     p.add_argument("--out", default=str(ROOT / "load" / "results.json"))
     p.add_argument("--chart", default=str(ROOT / "docs" / "benchmarks-latency.png"))
-    p.add_argument("--quick", action="store_true", help="c=1,4; rates 1,4,8; 8 s each")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="interleaved rounds; the report gives the median of per-round ratios")
+    p.add_argument("--quick", action="store_true", help="c=1,4; rates 1,4,8; 8 s each; 1 round")
     args = p.parse_args()
     if args.quick:
         args.concurrency, args.closed_duration = [1, 4], 8
-        args.rates, args.open_duration = [1, 4, 8], 8
+        args.rates, args.open_duration, args.rounds = [1, 4, 8], 8, 1
 
     prompt = asyncio.run(get_prompt_ids(args.prompt))
     tmp = Path(tempfile.mkdtemp(prefix="openchat-bench-"))
@@ -544,22 +575,28 @@ def main() -> None:
             t.stop()
         raise SystemExit(130)
 
+    # Interleaved rounds (raw, service, raw, service, ...): what the machine does meanwhile
+    # (another tenant, a thermal step) weighs on both alike, and the spread shows.
     signal.signal(signal.SIGTERM, _stop_all)
+    results["rounds"] = []
     try:
-        for name in order:
-            results[name] = asyncio.run(run_target(targets[name], args, prompt))
+        for number in range(1, args.rounds + 1):
+            print(f"==== round {number} of {args.rounds}", flush=True)
+            results["rounds"].append(
+                {name: asyncio.run(run_target(targets[name], args, prompt)) for name in order})
     finally:
         for t in targets.values():
             t.stop()
-    results["highest_ok_rate"] = {
-        n: highest_ok_rate(results[n]["open"], args.p95_threshold_ms) for n in order
-    }
+    for one in results["rounds"]:
+        one["highest_ok_rate"] = {
+            n: highest_ok_rate(one[n]["open"], args.p95_threshold_ms) for n in order}
     Path(args.out).write_text(json.dumps(results, indent=2))
     text = report(results, args)
     print()
     print(text)
-    how = chart(results, args, Path(args.chart))
-    print(f"\nresults: {args.out}; chart: {args.chart if how else 'not drawn (no plotting library)'}"
+    how = chart(results["rounds"][-1], args, Path(args.chart))
+    print(f"\nresults: {args.out}; chart (last round): "
+          f"{args.chart if how else 'not drawn (no plotting library)'}"
           f"{f' ({how})' if how else ''}; server logs: {tmp}")
 
 

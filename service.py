@@ -178,7 +178,9 @@ class OpenChat:
         (openchat/api/batch_runner.py); it claims no new line while the worker drains."""
         self._watchdog = asyncio.create_task(self.engine.watch(self._on_engine_death))
         DRAIN.install(on_expired=lambda: self.engine.abort_all())
-        openai_app.state.batch_runner.start(hold=lambda: DRAIN.draining)
+        yielding = SETTINGS.batch.yield_to_interactive
+        openai_app.state.batch_runner.start(
+            hold=lambda: DRAIN.draining or (yielding and DRAIN.in_flight > 0))
 
     def _on_engine_death(self) -> None:
         global _restarting

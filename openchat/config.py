@@ -214,6 +214,10 @@ class BatchSettings(BaseModel):
                              "replica's runner.")
     priority: int = Field(10, ge=0, description="vLLM scheduling priority of batch lines "
                           "(interactive requests have 0; a larger number waits).")
+    yield_to_interactive: bool = Field(True, description="Claim no new line while an "
+                                       "interactive request is in flight on this worker: "
+                                       "batch lines fill the idle time. Priority alone "
+                                       "let a running batch slow interactive answers.")
     poll_interval_s: float = Field(1.0, gt=0, description="How often an idle runner looks "
                                    "for lines to claim.")
     lease_s: float = Field(60, ge=5, description="A claimed line whose runner has not "

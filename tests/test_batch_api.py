@@ -240,3 +240,30 @@ def test_batch_lines_are_counted_in_metrics(client, http):
     wait(client, batch.id)
     text = http.get("/metrics").text
     assert 'openchat_batch_lines_total{outcome="completed"}' in text
+
+
+def test_batch_lines_wait_while_an_interactive_request_runs(client, base_url):
+    """batch.yield_to_interactive: no line is claimed while an interactive answer is in
+    flight on the worker; once it ends, the batch runs."""
+    import httpx
+
+    from tests.conftest import AUTH
+
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 8000, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body, headers=AUTH,
+                      timeout=120) as stream:
+        lines = stream.iter_lines()
+        assert next(line for line in lines if line).startswith("data: ")
+        batch = client.batches.create(input_file_id=upload(client, [chat_line("q")]).id,
+                                      endpoint="/v1/chat/completions",
+                                      completion_window="24h")
+        deadline = time.monotonic() + 4  # several of the runner's polls (0.2 s in tests)
+        while time.monotonic() < deadline:
+            counts = client.batches.retrieve(batch.id).request_counts
+            assert counts.completed == counts.failed == 0, counts
+            assert next(line for line in lines if line).startswith("data: ")  # still running
+            time.sleep(0.3)
+    # The client hung up: the interactive request ends and the batch runs.
+    done = wait(client, batch.id, timeout=60)
+    assert done.status == "completed" and done.request_counts.completed == 1, done

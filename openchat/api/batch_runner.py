@@ -49,7 +49,7 @@ class BatchRunner:
 
     def start(self, hold: Callable[[], bool] = lambda: False) -> None:
         """Run in the background on the current event loop; while `hold()` is true (the
-        service is draining) no new line is claimed."""
+        service drains, or interactive requests are in flight) no new line is claimed."""
         self._hold = hold
         if self._main is None:
             self._main = asyncio.get_running_loop().create_task(self.run())

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import httpx
-from bench import MODEL_ID, ROOT, make_targets, provenance
+from bench import MODEL_ID, ROOT, add_target_arguments, make_targets, provenance
 
 INTERACTIVE = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hi there"}],
                "max_tokens": 32, "ignore_eos": True}
@@ -93,14 +93,11 @@ async def run(target, args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=".models/openchat-dev")
+    add_target_arguments(p)
     p.add_argument("--rate", type=float, default=3.0, help="interactive requests per second")
     p.add_argument("--duration", type=float, default=40)
     p.add_argument("--lines", type=int, default=400)
     p.add_argument("--line-tokens", type=int, default=64)
-    p.add_argument("--vllm-port", type=int, default=18431)
-    p.add_argument("--service-port", type=int, default=18432)
-    p.add_argument("--startup-timeout", type=float, default=600)
     p.add_argument("--out", default=str(ROOT / "load" / "batch_latency.json"))
     args = p.parse_args()
 

@@ -77,6 +77,14 @@ def provenance(args) -> dict:
     }
 
 
+def add_target_arguments(p: argparse.ArgumentParser, startup_timeout: float = 600) -> None:
+    """The options every script here that starts targets with make_targets() takes."""
+    p.add_argument("--model", default=".models/openchat-dev")
+    p.add_argument("--vllm-port", type=int, default=18431)
+    p.add_argument("--service-port", type=int, default=18432)
+    p.add_argument("--startup-timeout", type=float, default=startup_timeout)
+
+
 def _cpu_bind() -> str:
     """The same OpenMP binding the service computes (openchat/generation/engine.py): the declared cpu
     count (configuration.yaml: 4) capped by the host, minus one core for HTTP."""
@@ -535,10 +543,8 @@ async def get_prompt_ids(text: str) -> list[int]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=".models/openchat-dev")
+    add_target_arguments(p, startup_timeout=300)
     p.add_argument("--only", choices=["vllm", "service"], action="append")
-    p.add_argument("--vllm-port", type=int, default=18431)
-    p.add_argument("--service-port", type=int, default=18432)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     p.add_argument("--closed-duration", type=float, default=20)
     p.add_argument("--closed-max-tokens", type=int, default=64)
@@ -546,7 +552,6 @@ def main() -> None:
     p.add_argument("--open-duration", type=float, default=10)
     p.add_argument("--open-max-tokens", type=int, default=32)
     p.add_argument("--p95-threshold-ms", type=float, default=800)
-    p.add_argument("--startup-timeout", type=float, default=300)
     p.add_argument("--prompt", default=DEFAULT_PROMPT_TEXT)
     p.add_argument("--out", default=str(ROOT / "load" / "results.json"))
     p.add_argument("--chart", default=str(ROOT / "docs" / "benchmarks-latency.png"))

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import httpx
-from bench import MODEL_ID, ROOT, make_targets, provenance
+from bench import MODEL_ID, ROOT, add_target_arguments, make_targets, provenance
 
 # Completions with a text prompt: raw vLLM serves them without a chat template.
 SHORT = {"model": MODEL_ID, "prompt": "Hi", "max_tokens": 4}
@@ -126,13 +126,10 @@ def table(results: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=".models/openchat-dev")
+    add_target_arguments(p)
     p.add_argument("--long", type=int, default=4, help="long answers running together")
     p.add_argument("--tokens", type=int, default=4000)
     p.add_argument("--vllm", action="store_true", help="measure raw vLLM too")
-    p.add_argument("--vllm-port", type=int, default=18431)
-    p.add_argument("--service-port", type=int, default=18432)
-    p.add_argument("--startup-timeout", type=float, default=600)
     p.add_argument("--out", default=str(ROOT / "load" / "probes.json"))
     args = p.parse_args()
 

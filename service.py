@@ -175,7 +175,8 @@ class OpenChat:
     async def watch_engine(self) -> None:
         """If the engine dies, start a new one in this worker; meanwhile readiness fails
         and requests get 503 at once (the port keeps answering). Start the batch runner
-        (openchat/api/batch_runner.py); it claims no new line while the worker drains."""
+        (openchat/api/batch_runner.py); it claims no new line while the worker drains or
+        while interactive requests are in flight (batch.yield_to_interactive)."""
         self._watchdog = asyncio.create_task(self.engine.watch(self._on_engine_death))
         DRAIN.install(on_expired=lambda: self.engine.abort_all())
         yielding = SETTINGS.batch.yield_to_interactive

@@ -7,7 +7,7 @@ for up to a second after every read, so it takes most of a core while anything i
 generating. Floating, it took the core the HTTP process needs: with two long answers
 running on 2 cores, /metrics and /readyz waited up to 17 s and a client on the same host
 was starved too. Held on the engine's cores, it only waits there while the compute thread
-works, and probes answered within 30 ms at the same generation speed (docs/deployment.md,
+works, and probes answered within 50 ms at the same generation speed (docs/deployment.md,
 "CPU placement").
 
 So the engine's processes start on the engine's cores (a child inherits the affinity of

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import AUTH, RunningService, service_env
 
@@ -86,8 +87,8 @@ def _wait_running(url: str, count: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         metrics = httpx.get(f"{url}/metrics", headers=AUTH, timeout=30).text
-        running = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-                   if line.startswith("vllm:num_requests_running")]
+        running = [sample.value for family in text_string_to_metric_families(metrics)
+                   if family.name == "vllm:num_requests_running" for sample in family.samples]
         if running and sum(running) >= count:
             return
         time.sleep(0.2)

@@ -17,13 +17,12 @@ import asyncio
 import io
 import json
 import random
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-from bench import MODEL_ID, ROOT, add_target_arguments, make_targets, provenance
+from bench import MODEL_ID, ROOT, add_target_arguments, make_targets, pct, provenance
 
 INTERACTIVE = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hi there"}],
                "max_tokens": 32, "ignore_eos": True}
@@ -66,9 +65,8 @@ def start_batch(target, lines: int, tokens: int):
 
 
 def summary(latencies: list[float]) -> dict:
-    ordered = sorted(latencies)
-    return {"n": len(ordered), "p50_ms": round(statistics.median(ordered) * 1000, 1),
-            "p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))] * 1000, 1)}
+    return {"n": len(latencies), "p50_ms": round(pct(latencies, 0.5) * 1000, 1),
+            "p95_ms": round(pct(latencies, 0.95) * 1000, 1)}
 
 
 async def run(target, args) -> dict:

@@ -5,18 +5,18 @@ Starts raw vLLM's OpenAI server, drives it, stops it; then starts this service
 markdown comparison, writes load/results.json and (when matplotlib or Pillow is
 importable) a PNG chart of p95 latency against request rate.
 
-Both targets get the same request: POST /v1/completions with the same token-id prompt
-(the OpenChat rendering of a short user turn), fixed max_tokens, ignore_eos=true and the
-same sampling, so both generate exactly the same number of tokens and neither applies a
-chat template. The dev model has no chat template, so /v1/chat/completions would not be
-comparable.
+Both targets get the same requests, one kind per workload (load/workloads.py: token-id
+completions, chat, json_schema output, a forced tool call, a long shared system prompt).
+The dev model has no chat template: raw vLLM is given OpenChat's
+(load/openchat-chat-template.jinja), so chat requests are comparable.
 
 Load:
-  * closed loop: N concurrent workers, each sending the next request as soon as the last
-    one ends (streaming, so the time to the first token is measured), for each level;
-  * open loop: requests started at a fixed rate regardless of completions (non-streaming,
-    max_tokens 32), for each rate; p95 latency per rate, and the highest rate whose p95
-    stays under the threshold.
+  * closed loop, per workload: N concurrent workers, each sending the next request as soon
+    as the last one ends (streaming, so the time to the first token is measured), for each
+    level;
+  * open loop, one workload (token-id completions by default): requests started at a
+    fixed rate regardless of completions (non-streaming, max_tokens 32), for each rate; p95
+    latency per rate, and the highest rate whose p95 stays under the threshold.
 
 The load generator uses aiohttp, not httpx: on this machine httpx.AsyncClient received
 raw vLLM's SSE stream in one burst at the end of generation (the time to first token then
@@ -28,7 +28,8 @@ rounds interleave (raw, service, raw, service, ...) and the report gives every f
 the median over the rounds with its range, and the service/raw ratios as the median of the
 per-round ratios, so one slow round on a shared machine shows as spread, not as a result.
 
-Usage:  .venv/bin/python load/bench.py                 # 3 rounds: ~15 minutes on 2 cores
+Usage:  .venv/bin/python load/bench.py                 # 3 rounds: ~35 minutes on 2 cores
+        .venv/bin/python load/bench.py --workloads chat tool_call --rates 5 10
         .venv/bin/python load/bench.py --rounds 5      # more rounds, tighter medians
         .venv/bin/python load/bench.py --quick         # smoke run, one round, ~3 minutes
         .venv/bin/python load/bench.py --only service  # one target
@@ -51,6 +52,9 @@ from pathlib import Path
 
 import aiohttp  # a vLLM dependency; see the note on httpx below
 import httpx
+from workloads import CHAT_TEMPLATE, Workload, first_output, make_workloads
+
+WORKLOADS = list(make_workloads([], ""))  # their names, in report order
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -103,6 +107,7 @@ class Target:
     env: dict
     ready_path: str
     log: Path
+    raw: bool = False  # raw vLLM: gets a workload's raw_body where it has one
     proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -154,11 +159,12 @@ def make_targets(args, tmp: Path) -> dict[str, Target]:
              "--model", args.model, "--served-model-name", MODEL_ID,
              "--host", "127.0.0.1", "--port", str(args.vllm_port),
              "--max-model-len", "8192", "--max-num-seqs", "64", "--dtype", "bfloat16",
-             "--seed", "0", "--enable-prefix-caching",
+             "--seed", "0", "--enable-prefix-caching", "--chat-template", str(CHAT_TEMPLATE),
              "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}'],
         env=base_env,
         ready_path="/health",
         log=tmp / "vllm.log",
+        raw=True,
     )
     admin_key = "oc-bench-admin-key-0123456789abcdef"
     svc_env = dict(
@@ -216,20 +222,11 @@ def pct(values: list[float], q: float) -> float | None:
     return v[lo] + (v[hi] - v[lo]) * (k - lo)
 
 
-def body(prompt_ids: list[int], max_tokens: int, stream: bool, seed: int) -> dict:
-    b = {"model": MODEL_ID, "prompt": prompt_ids, "max_tokens": max_tokens,
-         "temperature": 0.7, "top_p": 0.95, "seed": seed, "ignore_eos": True,
-         "stream": stream}
-    if stream:
-        b["stream_options"] = {"include_usage": True}
-    return b
-
-
-async def one_request(client: aiohttp.ClientSession, t: Target, payload: dict) -> Sample:
+async def one_request(client: aiohttp.ClientSession, t: Target, path: str,
+                      payload: dict) -> Sample:
     t0 = time.perf_counter()
     try:
-        async with client.post(t.base_url + "/v1/completions", json=payload,
-                               headers=t.headers) as r:
+        async with client.post(t.base_url + path, json=payload, headers=t.headers) as r:
             if r.status != 200:
                 text = await r.text()
                 return Sample(False, time.perf_counter() - t0, status=r.status, error=text[:200])
@@ -250,7 +247,7 @@ async def one_request(client: aiohttp.ClientSession, t: Target, payload: dict) -
                 if "error" in ev:
                     return Sample(False, time.perf_counter() - t0, status=200,
                                   error=str(ev["error"])[:200])
-                if ttft is None and any(c.get("text") for c in ev.get("choices") or []):
+                if ttft is None and first_output(ev):
                     ttft = time.perf_counter() - t0
                 if ev.get("usage"):
                     tokens = ev["usage"]["completion_tokens"]
@@ -286,7 +283,7 @@ def summarize(samples: list[Sample], wall: float) -> dict:
     }
 
 
-async def closed_loop(t: Target, prompt: list[int], concurrency: int, duration: float,
+async def closed_loop(t: Target, w: Workload, concurrency: int, duration: float,
                       max_tokens: int) -> dict:
     samples: list[Sample] = []
     async with _session(concurrency + 4) as client:
@@ -296,14 +293,15 @@ async def closed_loop(t: Target, prompt: list[int], concurrency: int, duration: 
 
         async def worker():
             while time.perf_counter() < deadline:
-                samples.append(await one_request(client, t, body(prompt, max_tokens, True, next(seq))))
+                samples.append(await one_request(
+                    client, t, w.path, w.request(next(seq), max_tokens, True, raw=t.raw)))
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - start
     return summarize(samples, wall)
 
 
-async def open_loop(t: Target, prompt: list[int], rate: float, duration: float,
+async def open_loop(t: Target, w: Workload, rate: float, duration: float,
                     max_tokens: int) -> dict:
     n = max(1, int(rate * duration))
     async with _session(512) as client:
@@ -314,7 +312,8 @@ async def open_loop(t: Target, prompt: list[int], rate: float, duration: float,
             delay = at - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one_request(client, t, body(prompt, max_tokens, False, i))))
+            tasks.append(asyncio.create_task(
+                one_request(client, t, w.path, w.request(i, max_tokens, False, raw=t.raw))))
         samples = await asyncio.gather(*tasks)
         wall = time.perf_counter() - start
     res = summarize(list(samples), wall)
@@ -323,30 +322,36 @@ async def open_loop(t: Target, prompt: list[int], rate: float, duration: float,
     return res
 
 
-async def warm_up(t: Target, prompt: list[int]) -> None:
+async def warm_up(t: Target, workloads: dict[str, Workload]) -> None:
     async with _session(4) as client:
-        for stream in (False, True):
-            s = await one_request(client, t, body(prompt, 8, stream, 0))
-            if not s.ok:
-                raise RuntimeError(f"{t.name} warm-up failed: {s.status} {s.error}")
+        for w in workloads.values():
+            for stream in (False, True):
+                s = await one_request(client, t, w.path, w.request(0, 8, stream, raw=t.raw))
+                if not s.ok:
+                    raise RuntimeError(f"{t.name} warm-up of {w.name} failed: "
+                                       f"{s.status} {s.error}")
 
 
-async def run_target(t: Target, args, prompt: list[int]) -> dict:
+async def run_target(t: Target, args, workloads: dict[str, Workload]) -> dict:
     print(f"== {t.name}: starting ({' '.join(t.cmd[:4])} ...)", flush=True)
     t.start()
     try:
         startup = await t.wait_ready(args.startup_timeout)
         print(f"   ready after {startup:.1f}s", flush=True)
-        await warm_up(t, prompt)
+        await warm_up(t, workloads)
         res = {"startup_s": round(startup, 1), "closed": {}, "open": {}}
-        for c in args.concurrency:
-            r = await closed_loop(t, prompt, c, args.closed_duration, args.closed_max_tokens)
-            res["closed"][str(c)] = r
-            print(f"   closed c={c}: {r['req_per_s']} req/s, {r['out_tok_per_s']} tok/s, "
-                  f"p50 {r['lat_p50_ms']} ms, p95 {r['lat_p95_ms']} ms, "
-                  f"TTFT p50 {r['ttft_p50_ms']} ms, errors {r['errors']}", flush=True)
+        for name in args.workloads:
+            for c in args.concurrency:
+                r = await closed_loop(t, workloads[name], c, args.closed_duration,
+                                      args.closed_max_tokens)
+                res["closed"].setdefault(name, {})[str(c)] = r
+                print(f"   {name} c={c}: {r['req_per_s']} req/s, {r['out_tok_per_s']} tok/s, "
+                      f"p50 {r['lat_p50_ms']} ms, p95 {r['lat_p95_ms']} ms, "
+                      f"TTFT p50 {r['ttft_p50_ms']} ms, errors {r['errors']} "
+                      f"{r['error_examples'][:1]}", flush=True)
         for rate in args.rates:
-            r = await open_loop(t, prompt, rate, args.open_duration, args.open_max_tokens)
+            r = await open_loop(t, workloads[args.open_workload], rate, args.open_duration,
+                                args.open_max_tokens)
             res["open"][str(rate)] = r
             print(f"   open {rate} req/s: achieved {r['req_per_s']}, p50 {r['lat_p50_ms']} ms, "
                   f"p95 {r['lat_p95_ms']} ms, errors {r['errors']}", flush=True)
@@ -401,22 +406,23 @@ def report(results: dict, args) -> str:
     if not all("vllm" in one and "service" in one for one in rounds):
         return "\n".join(json.dumps(one, indent=1) for one in rounds)
     lines = [f"{len(rounds)} interleaved rounds; each cell: median (range over rounds).\n",
-             "### Closed loop (streaming /v1/completions, "
+             "### Closed loop (streamed; up to "
              f"{args.closed_max_tokens} tokens out, {args.closed_duration:.0f} s per level)\n",
-             "| concurrency | metric | raw vLLM | service | service / vLLM |",
-             "|---:|---|---:|---:|---:|"]
+             "| workload | concurrency | metric | raw vLLM | service | service / vLLM |",
+             "|---|---:|---|---:|---:|---:|"]
     metrics = [("req_per_s", "requests/s"), ("out_tok_per_s", "output tokens/s"),
                ("lat_p50_ms", "latency p50 (ms)"), ("lat_p95_ms", "latency p95 (ms)"),
                ("ttft_p50_ms", "TTFT p50 (ms)"), ("ttft_p95_ms", "TTFT p95 (ms)"),
                ("errors", "errors")]
-    for c in args.concurrency:
-        for key, label in metrics:
-            def pick(target, key=key, c=str(c)):
-                return target["closed"][c][key]
-            cells = [_spread([pick(one[n]) for one in rounds]) for n in ("vllm", "service")]
-            ratio = _ratios(rounds, pick) if key != "errors" else ""
-            lines.append(f"| {c} | {label} | {cells[0]} | {cells[1]} | {ratio} |")
-    lines += ["", "### Open loop (non-streaming /v1/completions, "
+    for name in args.workloads:
+        for c in args.concurrency:
+            for key, label in metrics:
+                def pick(target, key=key, c=str(c), name=name):
+                    return target["closed"][name][c][key]
+                cells = [_spread([pick(one[n]) for one in rounds]) for n in ("vllm", "service")]
+                ratio = _ratios(rounds, pick) if key != "errors" else ""
+                lines.append(f"| {name} | {c} | {label} | {cells[0]} | {cells[1]} | {ratio} |")
+    lines += ["", f"### Open loop ({args.open_workload}, non-streaming, "
               f"{args.open_max_tokens} tokens out, {args.open_duration:.0f} s per rate)\n",
               "| offered req/s | raw achieved | raw p50 ms | raw p95 ms | raw errors "
               "| service achieved | service p50 ms | service p95 ms | service errors "
@@ -545,8 +551,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_target_arguments(p, startup_timeout=300)
     p.add_argument("--only", choices=["vllm", "service"], action="append")
+    p.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=WORKLOADS,
+                   help="closed-loop workloads (load/workloads.py)")
+    p.add_argument("--open-workload", choices=WORKLOADS, default="completion_ids")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
-    p.add_argument("--closed-duration", type=float, default=20)
+    p.add_argument("--closed-duration", type=float, default=15)
     p.add_argument("--closed-max-tokens", type=int, default=64)
     p.add_argument("--rates", type=float, nargs="+", default=[5, 10, 15, 20, 25, 30])
     p.add_argument("--open-duration", type=float, default=10)
@@ -564,6 +573,7 @@ def main() -> None:
         args.rates, args.open_duration, args.rounds = [1, 4, 8], 8, 1
 
     prompt = asyncio.run(get_prompt_ids(args.prompt))
+    workloads = make_workloads(prompt, MODEL_ID)
     tmp = Path(tempfile.mkdtemp(prefix="openchat-bench-"))
     targets = make_targets(args, tmp)
     order = args.only or ["vllm", "service"]
@@ -588,7 +598,7 @@ def main() -> None:
         for number in range(1, args.rounds + 1):
             print(f"==== round {number} of {args.rounds}", flush=True)
             results["rounds"].append(
-                {name: asyncio.run(run_target(targets[name], args, prompt)) for name in order})
+                {name: asyncio.run(run_target(targets[name], args, workloads)) for name in order})
     finally:
         for t in targets.values():
             t.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from openchat.vocabulary import (
@@ -25,6 +26,23 @@ from openchat.vocabulary import (
 CONTEXT_LENGTH = 8192
 
 
+@dataclass(frozen=True)
+class Shape:
+    """The sizes of a Mistral-architecture model; everything else is OpenChat's."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+
+
+DEV_SHAPE = Shape(hidden=256, intermediate=512, layers=2, heads=8, kv_heads=2)
+# OpenChat-3.5 (Mistral-7B): load/capacity.py builds it with fewer layers to measure the
+# per-layer cost of the real model on this CPU.
+OPENCHAT_7B_SHAPE = Shape(hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8)
+
+
 def mistral_sentencepiece_model() -> Path:
     """Mistral-7B-v0.1's tokenizer model, shipped inside the `mistral_common` package."""
     import mistral_common
@@ -32,7 +50,8 @@ def mistral_sentencepiece_model() -> Path:
     return Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
 
 
-def build_dev_model(out_dir: Path, *, seed: int = 0, overwrite: bool = False) -> Path:
+def build_dev_model(out_dir: Path, *, seed: int = 0, overwrite: bool = False,
+                    shape: Shape = DEV_SHAPE) -> Path:
     """Write a loadable OpenChat-shaped checkpoint to `out_dir` and return the path."""
     import torch
     from transformers import LlamaTokenizer, MistralConfig, MistralForCausalLM
@@ -52,11 +71,11 @@ def build_dev_model(out_dir: Path, *, seed: int = 0, overwrite: bool = False) ->
 
     config = MistralConfig(
         vocab_size=VOCAB_SIZE,
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=8,
-        num_key_value_heads=2,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
         max_position_embeddings=CONTEXT_LENGTH,
         sliding_window=None,
         rope_theta=10000.0,

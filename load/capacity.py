@@ -1,0 +1,237 @@
+"""What OpenChat-3.5 itself costs on this CPU, measured without its weights.
+
+No real weights can be downloaded here, but the cost of a decode step depends only on the
+model's shape, not on its values. So this builds random-weight models with OpenChat-3.5's
+exact shape (Mistral-7B: hidden 4096, MLP 14336, 32 heads, 8 KV heads, vocabulary 32002)
+and only a few of its 32 layers, runs each in vLLM's offline engine with the service's CPU
+settings (bf16, OpenMP threads bound to the engine cores), and times:
+
+  * a decode step at several batch sizes, from the engine's own per-request timestamps
+    (first to last token over the N steps between; ignore_eos, so every sequence runs all
+    N steps, and the whole batch prefilled in one step before them);
+  * each with no sampling filter, top_p 0.95 (the presets' default: a full-vocabulary sort
+    per sequence and step) and min_p 0.05 (no sort), to see what the filter costs beside
+    a real model's step;
+  * the prefill of the batch's prompts (first scheduled to last first token).
+
+These are wall-clock times: run it on a quiet machine (another process on the engine's
+core shows up directly; neither CPU time nor thread time was steadier when tried, they
+grew up to 5x under load, so the figure of record is the quicker of two runs on an idle
+machine, its load average recorded in the JSON).
+
+A step's time is linear in the layer count (the layers are identical; the embedding, the
+final norm, the 32002-wide output projection and the sampler are paid once), so a
+least-squares line through the measured layer counts extrapolates to all 32 layers. Then
+the memory-bandwidth floor: a batch-1 decode step reads every weight once (14.5 GB in
+bf16), so no step can be faster than weights / bandwidth (a torch copy on the same cores).
+
+Usage:  .venv/bin/python load/capacity.py                    # ~15 minutes; -> load/capacity.json
+        .venv/bin/python load/capacity.py --layers 1 2 --batches 1 8 --threads 1
+The checkpoints go to .models/capacity-L<n> (1.0-2.4 GB each; reused by later runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import provenance  # noqa: E402
+from openchat.devmodel import OPENCHAT_7B_SHAPE, build_dev_model  # noqa: E402
+
+LAYERS_FULL = OPENCHAT_7B_SHAPE.layers
+# Sampling filters at temperature 0.7: none, the presets' top_p (a full-vocabulary sort per
+# sequence and step on the CPU backend) and min_p (one softmax and a comparison, no sort).
+SAMPLING = {"none": {"top_p": 1.0}, "top_p=0.95": {"top_p": 0.95},
+            "min_p=0.05": {"min_p": 0.05}}
+
+
+def weight_bytes(layers: int) -> int:
+    """bf16 bytes of an OpenChat-shaped model with `layers` layers (embedding and output
+    projection untied, as in the checkpoint)."""
+    s = OPENCHAT_7B_SHAPE
+    head_dim = s.hidden // s.heads
+    attention = s.hidden * head_dim * (2 * s.heads + 2 * s.kv_heads)  # q, o, k, v
+    mlp = 3 * s.hidden * s.intermediate  # gate, up, down
+    per_layer = attention + mlp + 2 * s.hidden  # two norms
+    vocab = 32002
+    return 2 * (layers * per_layer + 2 * vocab * s.hidden + s.hidden)
+
+
+# --------------------------------------------------------------------------------------
+# One model, in a child process (a fresh engine per model and thread count)
+
+
+def measure_model(path: str, cpus: str, batches: list[int], steps: int,
+                  prompt_len: int) -> dict:
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpus
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+    # One process: the engine's busy-waiting core process would otherwise compete with
+    # its own compute thread for a core (docs/deployment.md, CPU placement).
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    import random
+    import statistics
+
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    # Every prompt of a batch prefilled in one step, so the decode steps that follow are
+    # the batch's alone; the engine's per-request timestamps then time them exactly.
+    llm = LLM(model=path, dtype="bfloat16", max_model_len=2048, max_num_seqs=max(batches),
+              max_num_batched_tokens=max(2048, max(batches) * prompt_len),
+              enable_prefix_caching=False, seed=0, disable_log_stats=False)
+    rng = random.Random(0)
+
+    def run(n: int, steps: int, sampling: dict) -> tuple[float, float]:
+        """(decode step ms, prefill ms) of a batch of n distinct random prompts."""
+        prompts = [TokensPrompt(prompt_token_ids=[1] + [rng.randrange(100, 32000)
+                                                        for _ in range(prompt_len - 1)])
+                   for _ in range(n)]
+        params = SamplingParams(max_tokens=1 + steps, ignore_eos=True, temperature=0.7,
+                                seed=0, **sampling)
+        stats = [out.metrics for out in llm.generate(prompts, params, use_tqdm=False)]
+        step = statistics.median((m.last_token_ts - m.first_token_ts) / steps for m in stats)
+        prefill = max(m.first_token_ts for m in stats) - min(m.scheduled_ts for m in stats)
+        return 1000 * step, 1000 * prefill
+
+    run(1, 4, {})  # warm-up: first-call allocations and kernels
+    out: dict = {"prefill_ms": {}, "step_ms": {}}
+    for b in batches:
+        for name, sampling in SAMPLING.items():
+            # The quicker of two runs: what another process takes from the core only adds.
+            step, prefill = min(run(b, steps, sampling) for _ in range(2))
+            out["step_ms"][f"{b}@{name}"] = round(step, 2)
+            if name == "none":
+                out["prefill_ms"][str(b)] = round(prefill, 1)
+        print(f"   batch {b}: step ms " + ", ".join(
+            f"{name} {out['step_ms'][f'{b}@{name}']}" for name in SAMPLING)
+            + f"; prefill of {b} x {prompt_len} tokens {out['prefill_ms'][str(b)]} ms",
+            file=sys.stderr, flush=True)
+    return out
+
+
+def memory_bandwidth(threads: int, gib: float = 2.0) -> dict:
+    """GB/s of a large copy (read + write) and a large sum (read) on `threads` threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    n = int(gib * 2**30 / 4)
+    a = torch.ones(n, dtype=torch.float32)
+    b = torch.empty_like(a)
+    best_copy = best_read = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        b.copy_(a)
+        best_copy = min(best_copy, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        a.sum()
+        best_read = min(best_read, time.perf_counter() - t0)
+    size = n * 4
+    return {"copy_gbps": round(2 * size / best_copy / 1e9, 1),
+            "read_gbps": round(size / best_read / 1e9, 1)}
+
+
+# --------------------------------------------------------------------------------------
+# The model: fit, extrapolate, report
+
+
+def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least squares y = a + b x."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
+    return my - b * mx, b
+
+
+def extrapolate(runs: dict, key: str, field: str = "step_ms") -> tuple[float, float, float]:
+    """(fixed ms, ms per layer, ms at 32 layers) for one measured figure."""
+    layers = sorted(int(n) for n in runs)
+    ys = [runs[str(n)][field][key] for n in layers]
+    a, b = fit_line(layers, ys)
+    return a, b, a + b * LAYERS_FULL
+
+
+def report(result: dict) -> str:
+    lines = []
+    for threads, runs in result["threads"].items():
+        bw = result["bandwidth"][threads]
+        full = weight_bytes(LAYERS_FULL)
+        floor_ms = 1000 * full / (bw["read_gbps"] * 1e9)
+        lines += [f"### {threads} engine thread(s): memory read {bw['read_gbps']} GB/s, "
+                  f"copy {bw['copy_gbps']} GB/s",
+                  "",
+                  "| batch | sampling | " + " | ".join(f"{n} layers (ms)" for n in sorted(runs, key=int))
+                  + " | fixed + per layer (ms) | 32 layers (ms/step) | tokens/s at 32 layers |",
+                  "|---|---|" + "---:|" * (len(runs) + 3)]
+        for key in next(iter(runs.values()))["step_ms"]:
+            batch, sampling = key.split("@")
+            a, b, at32 = extrapolate(runs, key)
+            cells = " | ".join(str(runs[n]["step_ms"][key]) for n in sorted(runs, key=int))
+            lines.append(f"| {batch} | {sampling} | {cells} | {a:.1f} + {b:.1f}/layer | "
+                         f"{at32:.0f} | {1000 * int(batch) / at32:.1f} |")
+        lines += ["", f"Bandwidth floor of a batch-1 step at 32 layers: {full / 1e9:.1f} GB "
+                  f"/ {bw['read_gbps']} GB/s = {floor_ms:.0f} ms.", ""]
+        prefill_key = min(next(iter(runs.values()))["prefill_ms"], key=int)
+        a, b, at32 = extrapolate(runs, prefill_key, "prefill_ms")
+        lines += [f"Prefill of one {result['config']['prompt_len']}-token prompt at 32 layers: "
+                  f"{at32:.0f} ms ({a:.0f} + {b:.1f}/layer).", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--layers", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--threads", type=int, nargs="+", default=[1],
+                   help="engine thread counts to measure (cores 0..n-1)")
+    p.add_argument("--steps", type=int, default=32, help="decode steps timed per figure")
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--out", default=str(ROOT / "load" / "capacity.json"))
+    p.add_argument("--child", nargs=2, metavar=("MODEL", "CPUS"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.child:
+        res = measure_model(args.child[0], args.child[1], args.batches, args.steps,
+                            args.prompt_len)
+        print("RESULT " + json.dumps(res), flush=True)
+        return
+
+    result = {**provenance(args), "threads": {}, "bandwidth": {}}
+    for threads in args.threads:
+        cpus = ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[:threads])
+        result["bandwidth"][str(threads)] = memory_bandwidth(threads)
+        runs = {}
+        for layers in args.layers:
+            shape = OPENCHAT_7B_SHAPE.__class__(**{**OPENCHAT_7B_SHAPE.__dict__, "layers": layers})
+            path = ROOT / ".models" / f"capacity-L{layers}"
+            t0 = time.monotonic()
+            build_dev_model(path, shape=shape)
+            print(f"== {layers} layer(s), {threads} thread(s) on cores {cpus} "
+                  f"(model ready in {time.monotonic() - t0:.0f} s)", flush=True)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", str(path), cpus,
+                 "--batches", *map(str, args.batches), "--steps", str(args.steps),
+                 "--prompt-len", str(args.prompt_len)],
+                stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                env=dict(os.environ, HF_HUB_OFFLINE="1"))
+            found = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode or not found:
+                raise SystemExit(f"measuring {path} failed (exit {proc.returncode})")
+            runs[str(layers)] = json.loads(found[-1][len("RESULT "):])
+        result["threads"][str(threads)] = runs
+    result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(report(result))
+    print(f"(written to {args.out})")
+
+
+if __name__ == "__main__":
+    main()

@@ -43,7 +43,11 @@ def open_engine(url: str, what: str) -> Engine:
         parsed = psycopg_url(parsed)
     else:
         raise ValueError(f"{what} supports SQLite and PostgreSQL, not {dialect}")
-    return create_engine(parsed, pool_pre_ping=dialect == "postgresql")
+    # SQLite lets one writer in at a time; the others wait up to `timeout` seconds (5 by
+    # default, which two batch runners' claims on a busy host have exceeded).
+    connect_args = {"timeout": 30} if dialect == "sqlite" else {}
+    return create_engine(parsed, pool_pre_ping=dialect == "postgresql",
+                         connect_args=connect_args)
 
 
 class UTCDateTime(TypeDecorator):

@@ -1,6 +1,7 @@
 """End to end: the Files and Batch APIs through the official `openai` client, on the real
 engine: upload, create, poll, read the output and error files; list, cancel; another
-key's files and batches are not found; bad uploads are 400s naming the line."""
+key's files and batches are not found; bad uploads are 400s naming the line; a batch
+validates before it runs; files expire; batch lines count against the key's tokens."""
 
 from __future__ import annotations
 
@@ -71,8 +72,8 @@ def test_chat_batch_answers_every_line_and_a_bad_one_is_an_error_line(client):
                                     endpoint="/v1/chat/completions",
                                     completion_window="24h", metadata={"run": "e2e"})
     assert created.id.startswith("batch_") and created.object == "batch"
-    assert created.status in ("validating", "in_progress")
-    assert created.request_counts.total == 5 and created.metadata == {"run": "e2e"}
+    assert created.status == "validating" and created.in_progress_at is None
+    assert created.metadata == {"run": "e2e"}
 
     done = wait(client, created.id)
     assert done.status == "completed", done
@@ -121,11 +122,74 @@ def test_other_endpoints_run_through_their_own_route(client, endpoint, body, kin
         kind.model_validate(line["response"]["body"])
 
 
-def test_a_line_for_another_endpoint_fails_the_batch(client):
-    uploaded = upload(client, [chat_line("a")])
+def test_a_line_for_another_endpoint_fails_the_batch_in_validation(client):
+    uploaded = upload(client, [chat_line("a"), chat_line("b")])
     batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/completions",
                                   completion_window="24h")
-    assert batch.status == "failed" and batch.errors.data[0].line == 1
+    assert batch.status == "validating"
+    failed = wait(client, batch.id)
+    assert failed.status == "failed" and failed.failed_at and failed.in_progress_at is None
+    assert [(e.line, e.code, e.param) for e in failed.errors.data] == [
+        (1, "invalid_url", "url"), (2, "invalid_url", "url")]
+    assert failed.request_counts.total == 0 and failed.output_file_id is None
+
+
+def test_files_expire_after_what_the_upload_asks(client, http):
+    uploaded = client.files.create(file=("e.jsonl", jsonl([chat_line("a")])), purpose="batch",
+                                   expires_after={"anchor": "created_at", "seconds": 3600})
+    assert uploaded.expires_at == uploaded.created_at + 3600
+    assert client.files.retrieve(uploaded.id).expires_at == uploaded.expires_at
+    assert upload(client, [chat_line("a")]).expires_at is None  # kept until deleted
+    for seconds, param in ((3599, "expires_after[seconds]"), (2_592_001,
+                           "expires_after[seconds]")):
+        with pytest.raises(openai.BadRequestError) as excinfo:
+            client.files.create(file=("e.jsonl", jsonl([chat_line("a")])), purpose="batch",
+                                expires_after={"anchor": "created_at", "seconds": seconds})
+        assert excinfo.value.body["param"] == param
+    response = http.post("/v1/files", files={"file": ("e.jsonl", jsonl([chat_line("a")]))},
+                         data={"purpose": "batch", "expires_after[anchor]": "last_used",
+                               "expires_after[seconds]": "3600"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "expires_after[anchor]"
+
+
+def test_output_files_expire_when_the_batch_asks(client):
+    batch = client.batches.create(input_file_id=upload(client, [chat_line("o")]).id,
+                                  endpoint="/v1/chat/completions", completion_window="24h",
+                                  output_expires_after={"anchor": "created_at",
+                                                        "seconds": 7200})
+    done = wait(client, batch.id)
+    output = client.files.retrieve(done.output_file_id)
+    assert output.expires_at == output.created_at + 7200
+
+
+def test_batch_lines_count_against_the_keys_tokens(http, base_url):
+    """A key with a small token budget (300 per 3-second window in the tests): its batch of
+    ~1,000 tokens shows in the key's token headers (or spends the window: 429), and its
+    lines wait for the window instead of failing."""
+    made = http.post("/v1/admin/keys", json={"name": f"tpm-{uuid.uuid4().hex[:6]}",
+                                             "scopes": ["inference", "batch"], "tpm": 600})
+    assert made.status_code == 201, made.text
+    headers = {"Authorization": f"Bearer {made.json()['secret']}"}
+    limited = openai.OpenAI(base_url=f"{base_url}/v1", api_key=made.json()["secret"],
+                            max_retries=5)
+    lines = [chat_line(f"t{n}", max_tokens=64, ignore_eos=True) for n in range(12)]
+    batch = limited.batches.create(input_file_id=upload(limited, lines).id,
+                                   endpoint="/v1/chat/completions", completion_window="24h")
+    seen, deadline = [], time.monotonic() + 180
+    while time.monotonic() < deadline:
+        response = http.get(f"/v1/batches/{batch.id}", headers=headers)
+        seen.append((response.status_code,
+                     int(response.headers.get("x-ratelimit-remaining-tokens", 600))))
+        if response.status_code == 200 and response.json()["status"] in ENDED:
+            break
+        time.sleep(0.2)
+    done = response.json()
+    assert done["status"] == "completed", done
+    assert done["request_counts"] == {"total": 12, "completed": 12, "failed": 0}
+    assert done["usage"]["total_tokens"] > 600
+    # A poll alone holds 256 tokens (settled to 0): anything less left is the batch's.
+    assert any(status == 429 or left < 600 - 256 for status, left in seen), seen
 
 
 def test_list_pages_and_cancel(client):
@@ -135,6 +199,8 @@ def test_list_pages_and_cancel(client):
         ids.append(client.batches.create(input_file_id=uploaded.id,
                                          endpoint="/v1/chat/completions",
                                          completion_window="24h").id)
+    while client.batches.retrieve(ids[1]).status == "validating":  # then it has its lines
+        time.sleep(0.1)
     cancelling = client.batches.cancel(ids[1])
     assert cancelling.status in ("cancelling", "cancelled")
     first = client.batches.list(limit=1)

@@ -1,4 +1,5 @@
-"""A batch input file's lines, checked at upload: every error names its line."""
+"""A batch input file's lines, checked at upload and again when its batch validates:
+every error names its line; a batch's validation errors are OpenAI's `errors`."""
 
 from __future__ import annotations
 
@@ -6,7 +7,18 @@ import json
 
 import pytest
 
-from openchat.protocol.batches import batch_usage, body_model, output_line, parse_batch_file
+from pydantic import ValidationError
+
+from openchat.protocol.batches import (
+    ExpiresAfter,
+    batch_usage,
+    body_model,
+    check_batch_file,
+    line_tokens,
+    output_line,
+    oversized_line,
+    parse_batch_file,
+)
 from openchat.protocol.errors import APIError
 
 
@@ -80,3 +92,56 @@ def test_batch_usage_sums_every_endpoints_usage():
 def test_body_model_is_the_bodys_model_if_any():
     assert body_model('{"model": "openchat-3.5"}') == "openchat-3.5"
     assert body_model('{"model": 5}') is None and body_model("[]") is None
+
+
+def test_validation_gives_the_lines_or_the_batchs_errors():
+    lines, errors = check_batch_file(jsonl(request("a"), request("b")),
+                                     "/v1/chat/completions", 10)
+    assert errors is None and [line.custom_id for line in lines] == ["a", "b"]
+    lines, errors = check_batch_file(jsonl(request("a"), request("b", "/v1/completions"),
+                                           request("c", "/v1/embeddings")),
+                                     "/v1/chat/completions", 10)
+    assert lines == [] and errors["object"] == "list"
+    assert [(e["line"], e["code"], e["param"]) for e in errors["data"]] == [
+        (2, "invalid_url", "url"), (3, "invalid_url", "url")]
+    assert "is not the batch's endpoint" in errors["data"][0]["message"]
+
+
+@pytest.mark.parametrize("content, code, line", [
+    (b"", "empty_file", None),
+    (jsonl(request("a"), request("a")), "duplicate_custom_id", 2),
+    (b"nope", "invalid_json_line", 1),
+    (jsonl(request("a"), request("b"), request("c")), "too_many_requests", None),
+])
+def test_a_file_that_cannot_run_fails_validation_whole(content, code, line):
+    lines, errors = check_batch_file(content, "/v1/chat/completions", 2)
+    assert lines == [] and [(e["code"], e["line"]) for e in errors["data"]] == [(code, line)]
+    assert set(errors["data"][0]) == {"code", "message", "param", "line"}
+
+
+def test_an_oversized_body_is_the_live_routes_413_body():
+    assert oversized_line("x" * 10, 10) is None
+    error = oversized_line("x" * 11, 10)["error"]
+    assert error["code"] == "request_too_large" and "10 bytes" in error["message"]
+    assert error["type"] == "invalid_request_error"
+
+
+def test_line_tokens_are_the_usage_total_of_any_endpoint():
+    assert line_tokens({"usage": {"prompt_tokens": 5, "completion_tokens": 3,
+                                  "total_tokens": 8}}) == 8
+    assert line_tokens({"usage": {"input_tokens": 4, "output_tokens": 2}}) == 6
+    assert line_tokens({"usage": {"prompt_tokens": 7, "total_tokens": 7}}) == 7  # embeddings
+    assert line_tokens({}) == 0
+
+
+@pytest.mark.parametrize("seconds, ok", [(3599, False), (3600, True), (2_592_000, True),
+                                         (2_592_001, False), ("3600", False)])
+def test_expires_after_is_one_hour_to_thirty_days(seconds, ok):
+    data = {"anchor": "created_at", "seconds": seconds}
+    if ok:
+        assert ExpiresAfter.model_validate(data).seconds == seconds
+    else:
+        with pytest.raises(ValidationError):
+            ExpiresAfter.model_validate(data)
+    with pytest.raises(ValidationError):
+        ExpiresAfter.model_validate({"anchor": "last_active_at", "seconds": 3600})

@@ -24,11 +24,14 @@ def stores(tmp_path) -> tuple[BatchStore, FileStore]:
     return BatchStore(url), FileStore(url, tmp_path / "files")
 
 
-def create(store: BatchStore, n: int):
-    return store.create(owner="key1", scopes=["batch", "inference"],
-                        endpoint="/v1/chat/completions", input_file_id="file-1", metadata=None,
-                        lines=[(i + 1, f"c{i}", "/v1/chat/completions", json.dumps({"n": i}))
-                               for i in range(n)])
+def create(store: BatchStore, n: int, owner: str | None = "key1"):
+    """A batch already validated, with `n` lines."""
+    batch = store.create(owner=owner, scopes=["batch", "inference"],
+                         endpoint="/v1/chat/completions", input_file_id="file-1",
+                         metadata=None)
+    assert store.start(batch.id, [(i + 1, f"c{i}", "/v1/chat/completions",
+                                   json.dumps({"n": i})) for i in range(n)])
+    return batch
 
 
 async def until(condition, timeout: float = 10) -> None:
@@ -145,3 +148,88 @@ def test_a_held_runner_claims_nothing_and_an_engine_not_ready_neither(tmp_path):
     asyncio.run(scenario())
     assert store.counts(batch.id) == (2, 0, 0)
     assert [line.number for line in store.claim("w", 5, timedelta(seconds=60))] == [1, 2]
+
+
+def test_the_runner_validates_a_new_batch_into_its_lines_or_fails_it(tmp_path):
+    """Validation reads the input file: good lines run (one over the body limit is
+    answered 413 at once), a file that cannot run fails the batch with `errors`."""
+    store, files = stores(tmp_path)
+
+    def line(custom_id: str, url: str = "/v1/chat/completions", size: int = 1) -> str:
+        return json.dumps({"custom_id": custom_id, "method": "POST", "url": url,
+                           "body": {"n": 0, "pad": "x" * size}})
+
+    def batch_from(content: str):
+        uploaded = files.save(content.encode(), "in.jsonl", "batch", "key1")
+        return store.create(owner="key1", scopes=["batch"], endpoint="/v1/chat/completions",
+                            input_file_id=uploaded.id, metadata=None)
+
+    good = batch_from("\n".join([line("a"), line("big", size=2000), line("b")]) + "\n")
+    wrong = batch_from(line("a") + "\n" + line("b", "/v1/completions") + "\n")
+    empty = batch_from("\n")
+    gone = store.create(owner="key1", scopes=None, endpoint="/v1/chat/completions",
+                        input_file_id="file-missing", metadata=None)
+    ran = []
+
+    async def execute(url, body, scopes):
+        ran.append(json.loads(body)["n"])
+        return 200, {"usage": {"total_tokens": 3}}
+
+    async def scenario():
+        runner = BatchRunner(SETTINGS, lambda: store, lambda: files, execute, lambda: True,
+                             max_body_bytes=1024)
+        runner.start()
+        await until(lambda: store.get(good.id, None).status == "completed")
+        runner.stop()
+
+    asyncio.run(scenario())
+    done = store.get(good.id, None)
+    assert (done.total, done.completed, done.failed) == (3, 2, 1) and len(ran) == 2
+    (too_large,) = [json.loads(text) for text in
+                    files.content(done.error_file_id, "key1").splitlines()]
+    assert too_large["custom_id"] == "big" and too_large["response"]["status_code"] == 413
+    for batch, code, number in ((wrong, "invalid_url", 2), (empty, "empty_file", None),
+                                (gone, "invalid_file", None)):
+        view = store.view(store.get(batch.id, None))
+        assert view["status"] == "failed" and view["failed_at"] is not None, view
+        assert [(e["code"], e["line"]) for e in view["errors"]["data"]] == [(code, number)]
+
+
+def test_lines_charge_their_keys_tokens_and_wait_while_its_window_is_spent(tmp_path):
+    """Each answered line's tokens go to its key's token window; while the window has no
+    room, none of the key's lines is claimed (they wait, they do not fail); another key's
+    batch runs meanwhile."""
+    from openchat.access.budget import TokenBudget
+    from openchat.access.keys import APIKey
+    from openchat.access.ratelimit import KeyLimits, open_rate_limiter
+    from openchat.config import AuthSettings
+
+    store, files = stores(tmp_path)
+    spent, fresh = create(store, 2, owner="spent"), create(store, 2, owner="fresh")
+    limiter = open_rate_limiter("memory://", window=2)
+    keys = {name: APIKey(id=name, name=name, prefix="oc-", scopes="batch inference",
+                         secret_hash=name, tpm=100) for name in ("spent", "fresh")}
+    budget = TokenBudget(lambda: limiter, keys.get, AuthSettings())
+    limits = KeyLimits(rpm=60, tpm=100, max_concurrency=10)
+    ran: list[tuple[str, float]] = []
+
+    async def execute(url, body, scopes):
+        ran.append((url, time.monotonic()))
+        return 200, {"usage": {"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10}}
+
+    async def scenario():
+        await limiter.charge("spent", limits, 150)  # its live calls used more than a window
+        assert await budget.wait_s("spent") > 0 and await budget.wait_s("fresh") == 0
+        runner = BatchRunner(SETTINGS, lambda: store, lambda: files, execute, lambda: True,
+                             budget=budget)
+        started = time.monotonic()
+        runner.start()
+        await until(lambda: store.get(fresh.id, None).status == "completed")
+        assert store.counts(spent.id) == (2, 0, 0)  # held meanwhile, not failed
+        assert (await limiter.token_window("fresh", limits)).count() > 0  # charged
+        await until(lambda: store.get(spent.id, None).status == "completed", timeout=15)
+        runner.stop()
+        assert time.monotonic() - started > 0.5
+
+    asyncio.run(scenario())
+    assert store.get(spent.id, None).completed == 2 and len(ran) == 4

@@ -11,7 +11,7 @@ import pytest
 from sqlmodel import Session
 
 from openchat.storage.batches import BatchLine, BatchStore, StoredBatch
-from openchat.storage.files import FileStore
+from openchat.storage.files import FileStore, StoredFile
 from tests.postgres import store_url
 
 LEASE = timedelta(seconds=60)
@@ -27,9 +27,12 @@ def lines(n: int, url: str = "/v1/chat/completions") -> list[tuple[int, str, str
 
 
 def make(store: BatchStore, n: int = 3, owner: str | None = "key1") -> StoredBatch:
-    return store.create(owner=owner, scopes=["batch", "inference"],
-                        endpoint="/v1/chat/completions", input_file_id="file-1",
-                        metadata={"job": "nightly"}, lines=lines(n), model="openchat-3.5")
+    """A batch created and validated, its `n` lines pending."""
+    batch = store.create(owner=owner, scopes=["batch", "inference"],
+                         endpoint="/v1/chat/completions", input_file_id="file-1",
+                         metadata={"job": "nightly"})
+    assert store.start(batch.id, lines(n), model="openchat-3.5")
+    return store.get(batch.id, None)
 
 
 def test_files_round_trip_for_their_owner_only(url, tmp_path):
@@ -63,6 +66,49 @@ def test_files_list_pages_newest_first(url, tmp_path):
     files.dispose()
 
 
+def expire(files: FileStore, file_id: str) -> None:
+    """Move a file's expiry into the past, as if its time had come."""
+    with Session(files._engine) as session:
+        row = session.get(StoredFile, file_id)
+        row.expires_at = datetime.now(UTC) - timedelta(seconds=1)
+        session.add(row)
+        session.commit()
+
+
+def test_an_expired_file_is_not_found_and_is_purged(url, tmp_path):
+    files = FileStore(url, tmp_path / "files")
+    kept = files.save(b"x", "kept.jsonl", "batch", "key1")
+    expiring = files.save(b"y", "soon.jsonl", "batch", "key1", expires_after_s=3600)
+    view = expiring.as_object()
+    assert view["expires_at"] == view["created_at"] + 3600
+    assert files.get(expiring.id, "key1") is not None
+    expire(files, expiring.id)
+    assert files.get(expiring.id, "key1") is None and files.content(expiring.id, None) is None
+    assert [f.id for f in files.list("key1", limit=10)] == [kept.id]
+    assert files.delete(expiring.id, "key1") is False
+    assert (tmp_path / "files" / expiring.id).exists()  # until the purge
+    assert files.purge_expired() == 1 and files.purge_expired() == 0
+    assert not (tmp_path / "files" / expiring.id).exists()
+    assert files.get(kept.id, "key1") is not None
+    files.dispose()
+
+
+def test_tables_of_an_earlier_version_get_the_new_columns(tmp_path):
+    from sqlalchemy import create_engine, text
+
+    url = f"sqlite:///{tmp_path}/old.db"
+    engine = create_engine(url)
+    with engine.begin() as connection:  # the files table before expires_at
+        connection.execute(text("CREATE TABLE files (id VARCHAR(64) PRIMARY KEY, "
+                                "owner VARCHAR(64), filename VARCHAR(512), "
+                                "purpose VARCHAR(32), bytes INTEGER, created_at DATETIME)"))
+    engine.dispose()
+    files = FileStore(url, tmp_path / "files")
+    saved = files.save(b"x", "a.jsonl", "batch", None, expires_after_s=3600)
+    assert files.get(saved.id, None).expires_at is not None
+    files.dispose()
+
+
 def test_a_batch_is_created_with_its_lines_and_owned(url):
     store = BatchStore(url)
     batch = make(store)
@@ -80,14 +126,62 @@ def test_a_batch_is_created_with_its_lines_and_owned(url):
     store.dispose()
 
 
-def test_a_line_for_another_endpoint_fails_the_batch(url):
+def test_a_new_batch_validates_then_starts_once(url):
+    store = BatchStore(url)
+    batch = store.create(owner="key1", scopes=None, endpoint="/v1/chat/completions",
+                         input_file_id="file-1", metadata=None, output_expires_s=7200)
+    view = store.view(batch)
+    assert view["status"] == "validating" and view["in_progress_at"] is None
+    assert view["request_counts"] == {"total": 0, "completed": 0, "failed": 0}
+    assert [b.id for b in store.to_validate()] == [batch.id]
+    assert store.claim("w1", 10, LEASE) == []  # nothing runs before validation
+    answered = {2: (413, {"custom_id": "req-1", "response": {"status_code": 413}})}
+    assert store.start(batch.id, lines(3), model="m", answered=answered)
+    assert not store.start(batch.id, lines(3))  # another runner's validation lost
+    assert not store.fail(batch.id, {"object": "list", "data": []})
+    started = store.get(batch.id, None)
+    assert started.status == "in_progress" and started.model == "m"
+    assert started.output_expires_s == 7200 and started.in_progress_at is not None
+    assert store.to_validate() == []
+    assert store.view(started)["request_counts"] == {"total": 3, "completed": 0, "failed": 1}
+    assert [line.number for line in store.claim("w1", 10, LEASE)] == [1, 3]
+    store.dispose()
+
+
+def test_a_batch_whose_file_cannot_run_fails_with_errors(url):
     store = BatchStore(url)
     batch = store.create(owner=None, scopes=None, endpoint="/v1/completions",
-                         input_file_id="file-1", metadata=None, lines=lines(2))
-    view = store.view(batch)
+                         input_file_id="file-1", metadata=None)
+    errors = {"object": "list", "data": [{"code": "empty_file", "message": "no requests",
+                                          "param": "file", "line": None}]}
+    assert store.fail(batch.id, errors)
+    view = store.view(store.get(batch.id, None))
     assert view["status"] == "failed" and view["failed_at"] is not None
-    assert [e["line"] for e in view["errors"]["data"]] == [1, 2]
-    assert store.claim("w1", 10, LEASE) == []
+    assert view["errors"] == errors
+    assert not store.start(batch.id, lines(1, "/v1/completions"))
+    store.dispose()
+
+
+def test_a_batch_cancelled_while_validating_ends_cancelled(url):
+    store = BatchStore(url)
+    batch = store.create(owner="key1", scopes=None, endpoint="/v1/chat/completions",
+                         input_file_id="file-1", metadata=None)
+    assert store.cancel(batch.id, "key1").status == "cancelling"
+    assert not store.start(batch.id, lines(2))
+    assert [b.id for b in store.to_finalize("w1", LEASE)] == [batch.id]
+    assert store.complete(batch.id, "w1", output_file_id=None, error_file_id=None)
+    assert store.get(batch.id, None).status == "cancelled"
+    store.dispose()
+
+
+def test_lines_of_a_held_key_are_not_claimed(url):
+    store = BatchStore(url)
+    first, second, anonymous = make(store, 2, "key1"), make(store, 2, "key2"), make(store, 1, None)
+    assert sorted(store.waiting_owners()) == ["key1", "key2"]
+    claimed = store.claim("w1", 10, LEASE, held={"key1"})
+    assert {line.batch_id for line in claimed} == {second.id, anonymous.id}
+    assert store.waiting_owners() == ["key1"]
+    assert {line.batch_id for line in store.claim("w1", 10, LEASE)} == {first.id}
     store.dispose()
 
 

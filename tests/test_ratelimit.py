@@ -410,6 +410,31 @@ def test_settling_twice_does_nothing(store):
     store.run(scenario())
 
 
+def test_charged_tokens_count_without_a_request_and_may_pass_the_limit(store):
+    """What the batch runner does with a finished line: tokens only, never refused."""
+    limits = KeyLimits(rpm=1, tpm=100, max_concurrency=1)
+
+    async def scenario():
+        limiter = store.limiter()
+        assert (await limiter.token_window("k", limits)).count() == 0
+        await limiter.charge("k", limits, 60)
+        await limiter.charge("k", limits, 0)
+        window = await limiter.token_window("k", limits)
+        assert window.count() == 60 and window.fits(limits.tpm, 40)
+        await limiter.charge("k", limits, 70)  # past the limit: spent is spent
+        window = await limiter.token_window("k", limits)
+        assert window.count() == 130 and not window.fits(limits.tpm, 1)
+        headers = await limiter.peek("k", limits)
+        assert headers["x-ratelimit-remaining-tokens"] == "0"
+        assert headers["x-ratelimit-remaining-requests"] == "1"  # no request was counted
+        assert limiter.in_flight("k") == 0
+        with pytest.raises(RateLimited) as refused:
+            await limiter.admit("k", limits=limits, reserve_tokens=1)
+        assert refused.value.kind == "tokens"
+
+    store.run(scenario())
+
+
 def test_keys_are_independent(store):
     limits = KeyLimits(rpm=1, tpm=100, max_concurrency=1)
 

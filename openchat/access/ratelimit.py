@@ -14,6 +14,8 @@ never this module, so importing one here (only when asked for it) makes no cycle
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from openchat.access.ratelimit_base import (
     CONCURRENCY_RETRY_SECONDS,
     KeyLimits,
@@ -43,6 +45,7 @@ __all__ = [
     "refusal",
     "retry_after_header",
     "open_rate_limiter",
+    "shared_rate_limiter",
 ]
 
 
@@ -57,3 +60,10 @@ def open_rate_limiter(storage_uri: str = "memory://", *, window: int = 60) -> Ra
     from openchat.access.ratelimit_memory import MemoryRateLimiter
 
     return MemoryRateLimiter(storage_uri, window=window)
+
+
+@lru_cache(maxsize=4)
+def shared_rate_limiter(storage_uri: str = "memory://", *, window: int = 60) -> RateLimiter:
+    """This process's one limiter per store and window: the access middleware's, which the
+    batch runner charges too (with memory://, a second limiter would be a second budget)."""
+    return open_rate_limiter(storage_uri, window=window)

@@ -192,6 +192,15 @@ class RateLimiter(ABC):
         """The key's headers as they stand, taking nothing."""
 
     @abstractmethod
+    async def charge(self, key_id: str, limits: KeyLimits, tokens: int) -> None:
+        """Add `tokens` used outside any request (a batch line's) to the key's token window,
+        past its limit if need be: nothing is refused, no request or slot is taken."""
+
+    @abstractmethod
+    async def token_window(self, key_id: str, limits: KeyLimits) -> Window:
+        """The key's token window as it stands, taking nothing."""
+
+    @abstractmethod
     def in_flight(self, key_id: str) -> int:
         """Requests in flight admitted by this limiter (with Redis: by this replica)."""
 

@@ -86,6 +86,15 @@ class MemoryRateLimiter(RateLimiterBase):
         return rate_headers(limits, await self._read(requests_item, key_id),
                             await self._read(tokens_item, key_id))
 
+    async def charge(self, key_id: str, limits: KeyLimits, tokens: int) -> None:
+        if tokens > 0:
+            _, tokens_item = self._items(limits)
+            await self._correct(tokens_item, key_id, tokens, None)
+
+    async def token_window(self, key_id: str, limits: KeyLimits) -> Window:
+        _, tokens_item = self._items(limits)
+        return await self._read(tokens_item, key_id)
+
     async def aclose(self) -> None:
         """Nothing to close in memory."""
 

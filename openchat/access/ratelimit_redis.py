@@ -188,6 +188,15 @@ class RedisRateLimiter(RateLimiterBase):
                                           reserve_tokens=0, max_concurrency=1, take=False)
         return rate_headers(limits, seen.requests, seen.tokens)
 
+    async def charge(self, key_id: str, limits: KeyLimits, tokens: int) -> None:
+        if tokens > 0:  # the settle script with no slot to free: it adds to the current window
+            await self._counters.settle(key_id, "", tokens, 0)
+
+    async def token_window(self, key_id: str, limits: KeyLimits) -> Window:
+        seen = await self._counters.admit(key_id, rpm=limits.rpm, tpm=limits.tpm,
+                                          reserve_tokens=0, max_concurrency=1, take=False)
+        return seen.tokens
+
     async def aclose(self) -> None:
         """Close the shared store's connections."""
         await self._counters.aclose()

@@ -13,7 +13,9 @@ from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match
 
+from openchat.access.budget import TokenBudget
 from openchat.access.keys import KeyStore, open_store
+from openchat.access.ratelimit import shared_rate_limiter
 from openchat.access.scopes import INFERENCE_SCOPE, has_scope
 from openchat.api.admin import add_admin_routes
 from openchat.api.batch_lines import line_executor
@@ -106,8 +108,16 @@ def create_app(settings: Settings, routes: RouteTable,
 
     add_file_routes(router, files, batch)
     add_batch_routes(router, batches, files, batch)
+    budget = None  # batch lines' tokens count against their key's tokens per minute
+    if settings.auth.enabled:
+        auth = settings.auth
+        budget = TokenBudget(
+            lambda: shared_rate_limiter(auth.rate_limit_storage, window=auth.rate_window_s),
+            lambda key_id: open_store(auth.keys_url).get(key_id), auth)
     app.state.batch_runner = BatchRunner(batch, batches, files,
-                                         line_executor(settings, pipeline), engine_ready)
+                                         line_executor(settings, pipeline), engine_ready,
+                                         budget=budget,
+                                         max_body_bytes=settings.auth.max_body_bytes)
 
     @router.get("/v1/server_tools", scopes=INFERENCE)
     async def list_server_tools() -> dict:

@@ -1,8 +1,11 @@
-"""The batch runner: one per service worker, started and stopped by the service's
-lifecycle hooks. It claims lines through the batch store (so each line runs once however
+"""The batch runner: one per service worker, started and stopped by the service's lifecycle
+hooks. It validates new batches (their input file becomes their lines, or the batch fails
+with its `errors`), claims lines through the batch store (so each line runs once however
 many replicas share the database), runs at most `batch.concurrency` of them at a time at
 the engine's batch priority (behind interactive requests), keeps each result, and
-finalizes batches that have nothing left to run into their output and error files.
+finalizes batches that have nothing left to run into their output and error files. It
+charges each answered line's tokens to the batch key's token budget and claims no line of
+a key whose token window is spent (access/budget.py), and deletes expired files.
 
 A line the engine could not take (503: starting, restarting, stopping) is handed back and
 runs again later; every other outcome, a 400 included, is the line's result.
@@ -15,32 +18,47 @@ import contextlib
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
 
+from openchat.access.budget import TokenBudget
 from openchat.api.batch_lines import LineExecutor
 from openchat.config import BatchSettings
 from openchat.generation.engine import PRIORITY
-from openchat.protocol.batches import batch_usage, output_line
+from openchat.protocol.batches import (
+    batch_errors,
+    batch_usage,
+    body_model,
+    check_batch_file,
+    line_tokens,
+    output_line,
+    oversized_line,
+)
+from openchat.protocol.errors import APIError
 from openchat.storage.batches import BatchLine, BatchStore, StoredBatch
 from openchat.storage.files import FileStore
 from openchat.telemetry import metrics
 
 logger = logging.getLogger(__name__)
+PURGE_INTERVAL_S = 60.0  # how often a runner deletes expired files
 
 
 class BatchRunner:
     def __init__(self, settings: BatchSettings, store: Callable[[], BatchStore],
                  files: Callable[[], FileStore], execute: LineExecutor,
-                 ready: Callable[[], bool]) -> None:
+                 ready: Callable[[], bool], *, budget: TokenBudget | None = None,
+                 max_body_bytes: int | None = None) -> None:
         self.settings = settings
         self.worker = f"runner-{uuid.uuid4().hex[:16]}"
         self.lease = timedelta(seconds=settings.lease_s)
         self._store, self._files, self._execute, self._ready = store, files, execute, ready
+        self._budget, self._max_body_bytes = budget, max_body_bytes
         self._lines: set[asyncio.Task] = set()
         self._main: asyncio.Task | None = None
-        self._scopes: dict[str, list[str] | None] = {}
+        self._batches: dict[str, StoredBatch | None] = {}  # of the lines in flight
+        self._purged_at = float("-inf")
         # A claim runs in a thread: stop() waits for one under way, so that what it took
         # is handed back too, and no claim starts after it.
         self._claiming = threading.Lock()
@@ -79,23 +97,67 @@ class BatchRunner:
             await self._idle()
 
     async def step(self) -> None:
-        """One round: renew claims, finalize what is finished, claim free slots."""
+        """One round: renew claims, finalize what is finished, validate new batches,
+        delete expired files, claim free slots (none of keys whose token budget is spent)."""
         store = self._store()
         if self._lines:
             await asyncio.to_thread(store.heartbeat, self.worker)
         for batch in await asyncio.to_thread(store.to_finalize, self.worker, self.lease):
             await self._finalize(store, batch)
+        for batch in await asyncio.to_thread(store.to_validate):
+            await self._validate(store, batch)
+        if time.monotonic() - self._purged_at >= PURGE_INTERVAL_S:
+            self._purged_at = time.monotonic()
+            await asyncio.to_thread(self._files().purge_expired)
         free = self.settings.concurrency - len(self._lines)
         if free <= 0 or self._hold() or not self._ready():
             return
-        for line in await asyncio.to_thread(self._claim, store, free):
+        held = await self._spent(store)
+        for line in await asyncio.to_thread(self._claim, store, free, held):
             task = asyncio.get_running_loop().create_task(self._run_line(store, line))
             self._lines.add(task)
             task.add_done_callback(self._lines.discard)
 
-    def _claim(self, store: BatchStore, n: int) -> list[BatchLine]:
+    def _claim(self, store: BatchStore, n: int, held: set[str]) -> list[BatchLine]:
         with self._claiming:
-            return [] if self._stopping else store.claim(self.worker, n, self.lease)
+            return [] if self._stopping else store.claim(self.worker, n, self.lease, held)
+
+    async def _spent(self, store: BatchStore) -> set[str]:
+        """The keys with lines waiting whose token window has no room now."""
+        if self._budget is None:
+            return set()
+        owners = await asyncio.to_thread(store.waiting_owners)
+        return {owner for owner in owners if await self._budget.wait_s(owner) > 0}
+
+    async def _validate(self, store: BatchStore, batch: StoredBatch) -> None:
+        """Check a new batch's input file: start it with its lines (a line whose body is
+        over the body limit is answered 413 at once, as the live route would), or fail it
+        with OpenAI's `errors` when the file as a whole cannot run."""
+        data = await asyncio.to_thread(self._files().content, batch.input_file_id,
+                                       batch.owner)
+        if data is None:
+            missing = APIError(f"The input file {batch.input_file_id} no longer exists.",
+                               param="input_file_id", code="invalid_file")
+            await asyncio.to_thread(store.fail, batch.id, batch_errors([missing]))
+            return
+        lines, errors = await asyncio.to_thread(check_batch_file, data, batch.endpoint,
+                                                self.settings.max_lines)
+        if errors is not None:
+            if await asyncio.to_thread(store.fail, batch.id, errors):
+                logger.info("batch %s failed validation: %s", batch.id,
+                            errors["data"][0]["message"])
+            return
+        answered = {}
+        for line in lines if self._max_body_bytes is not None else ():
+            too_large = oversized_line(line.body, self._max_body_bytes)
+            if too_large is not None:
+                answered[line.number] = (413, output_line(
+                    f"batch_req_{uuid.uuid4().hex}", line.custom_id, 413,
+                    f"req_{uuid.uuid4().hex}", too_large))
+        await asyncio.to_thread(
+            store.start, batch.id, [(line.number, line.custom_id, line.url, line.body)
+                                    for line in lines],
+            model=body_model(lines[0].body), answered=answered)
 
     async def _idle(self) -> None:
         """Until the poll interval passes or a line finishes (its slot is free again)."""
@@ -107,7 +169,8 @@ class BatchRunner:
     async def _run_line(self, store: BatchStore, line: BatchLine) -> None:
         PRIORITY.set(self.settings.priority)  # this task's engine requests only
         try:
-            scopes = await self._batch_scopes(store, line.batch_id)
+            batch = await self._batch(store, line.batch_id)
+            scopes = [] if batch is None else batch.scope_list
             status, body = await self._execute(line.url, line.body, scopes)
         except asyncio.CancelledError:
             raise
@@ -123,12 +186,17 @@ class BatchRunner:
                              request_id, body)
         if await asyncio.to_thread(store.finish, line, self.worker, status, result):
             metrics.BATCH_LINES.labels("completed" if status == 200 else "failed").inc()
+            if self._budget is not None and batch is not None and status == 200:
+                try:
+                    await self._budget.charge(batch.owner, line_tokens(body))
+                except Exception:  # the shared store is down: the line's result stands
+                    logger.exception("could not charge batch line %s/%d's tokens",
+                                     line.batch_id, line.number)
 
-    async def _batch_scopes(self, store: BatchStore, batch_id: str) -> list[str] | None:
-        if batch_id not in self._scopes:
-            batch = await asyncio.to_thread(store.get, batch_id, None)
-            self._scopes[batch_id] = [] if batch is None else batch.scope_list
-        return self._scopes[batch_id]
+    async def _batch(self, store: BatchStore, batch_id: str) -> StoredBatch | None:
+        if batch_id not in self._batches:
+            self._batches[batch_id] = await asyncio.to_thread(store.get, batch_id, None)
+        return self._batches[batch_id]
 
     async def _finalize(self, store: BatchStore, batch: StoredBatch) -> None:
         """Write the output (status 200) and error (the rest) files; then the batch ends."""
@@ -143,13 +211,14 @@ class BatchRunner:
                 return None
             data = ("\n".join(lines) + "\n").encode()
             saved = await asyncio.to_thread(files.save, data, f"{batch.id}_{kind}.jsonl",
-                                            "batch_output", batch.owner)
+                                            "batch_output", batch.owner,
+                                            batch.output_expires_s)
             return saved.id
 
         output_id, error_id = await save(output, "output"), await save(errors, "error")
         usage = batch_usage([json.loads(line) for line in output])
         with contextlib.suppress(KeyError):
-            del self._scopes[batch.id]
+            del self._batches[batch.id]
         if await asyncio.to_thread(store.complete, batch.id, self.worker,
                                    output_file_id=output_id, error_file_id=error_id,
                                    usage=usage):

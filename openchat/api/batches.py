@@ -5,10 +5,11 @@
     GET  /v1/batches                  the caller's batches, newest first (after, limit)
     POST /v1/batches/{id}/cancel      stop it: pending lines are dropped, then cancelled
 
-The lines are copied into the batch store at creation and run in the background by the
-batch runner (batch_runner.py); results come back as files (files.py). Creating a batch
-runs inference, so it needs the `inference` scope beside `batch`. Every batch belongs to
-the calling key: another key's is not found.
+A new batch is `validating`: the batch runner (batch_runner.py) checks its input file and
+copies its lines into the batch store (or fails it with `errors`), then runs them in the
+background; results come back as files (files.py). Creating a batch runs inference, so it
+needs the `inference` scope beside `batch`. Every batch belongs to the calling key:
+another key's is not found.
 """
 
 from __future__ import annotations
@@ -21,12 +22,7 @@ from fastapi import Depends, Request
 from openchat.access.scopes import BATCH_SCOPE, INFERENCE_SCOPE
 from openchat.api.routing import Router, caller_key_id, caller_scopes, error_responses
 from openchat.config import BatchSettings
-from openchat.protocol.batches import (
-    BatchCreateRequest,
-    BatchListQuery,
-    body_model,
-    parse_batch_file,
-)
+from openchat.protocol.batches import BatchCreateRequest, BatchListQuery
 from openchat.protocol.errors import APIError, ErrorBody
 from openchat.storage.batches import BatchStore, StoredBatch
 from openchat.storage.files import FileStore
@@ -49,17 +45,12 @@ def add_batch_routes(router: Router, batches: Callable[[], BatchStore],
             raise APIError(f"File {found.id} has purpose {found.purpose!r}; a batch's input "
                            "file has purpose 'batch'.", param="input_file_id",
                            code="invalid_file")
-        data = await asyncio.to_thread(store.content, found.id, owner)
-        if data is None:  # deleted meanwhile
-            raise APIError(f"No such File object: {body.input_file_id}", status=404,
-                           param="input_file_id", code="not_found")
-        lines = await asyncio.to_thread(parse_batch_file, data, settings.max_lines)
         scopes = caller_scopes(request)
+        expiry = body.output_expires_after
         batch = await asyncio.to_thread(
             batches().create, owner=owner, scopes=None if scopes is None else list(scopes),
             endpoint=body.endpoint, input_file_id=found.id, metadata=body.metadata,
-            lines=[(line.number, line.custom_id, line.url, line.body) for line in lines],
-            model=body_model(lines[0].body))
+            output_expires_s=None if expiry is None else expiry.seconds)
         return await asyncio.to_thread(batches().view, batch)
 
     @router.get("/v1/batches/{batch_id}", scopes=BATCH, label="/v1/batches/{id}")

@@ -1,6 +1,7 @@
 """The Files API, for batches: upload a batch input file, list, retrieve, read, delete.
 
-    POST   /v1/files                 multipart `file` + `purpose` (only "batch")
+    POST   /v1/files                 multipart `file` + `purpose` (only "batch"), optional
+                                     `expires_after[anchor]` + `expires_after[seconds]`
     GET    /v1/files                 the caller's files, paged as OpenAI pages lists
     GET    /v1/files/{id}            one file's FileObject
     GET    /v1/files/{id}/content    its bytes (input, output and error files alike)
@@ -9,6 +10,8 @@
 An upload is checked whole before it is kept: JSONL, every line a request with a unique
 `custom_id`, method POST, a batch endpoint's url and an object body (400 naming the first
 bad line), at most `batch.max_file_bytes` (413). Every file belongs to the calling key.
+A file given `expires_after` (1 hour to 30 days after its creation) is not found once it
+has expired; the batch runner deletes it.
 """
 
 from __future__ import annotations
@@ -17,12 +20,19 @@ import asyncio
 from collections.abc import Callable
 
 from fastapi import Depends, File, Form, Request, UploadFile
+from pydantic import ValidationError
 from starlette.responses import Response
 
 from openchat.access.scopes import BATCH_SCOPE
 from openchat.api.routing import Router, caller_key_id, error_responses
 from openchat.config import BatchSettings
-from openchat.protocol.batches import FileListQuery, parse_batch_file
+from openchat.protocol.batches import (
+    MAX_EXPIRY_S,
+    MIN_EXPIRY_S,
+    ExpiresAfter,
+    FileListQuery,
+    parse_batch_file,
+)
 from openchat.protocol.errors import APIError, invalid_param
 from openchat.storage.files import FileStore, StoredFile
 
@@ -33,17 +43,22 @@ def add_file_routes(router: Router, files: Callable[[], FileStore],
                     settings: BatchSettings) -> None:
     @router.post("/v1/files", scopes=BATCH, max_body=settings.max_file_bytes + 64 * 1024)
     async def upload_file(request: Request, file: UploadFile = File(...),
-                          purpose: str = Form(...)) -> dict:
+                          purpose: str = Form(...),
+                          anchor: str | None = Form(None, alias="expires_after[anchor]"),
+                          seconds: str | None = Form(None, alias="expires_after[seconds]"),
+                          ) -> dict:
         if purpose != "batch":
             raise invalid_param("purpose", f"purpose {purpose!r} is not supported here; "
                                 "files are for batches: use 'batch'.")
+        expiry = _expires_after(anchor, seconds)
         data = await file.read(settings.max_file_bytes + 1)
         if len(data) > settings.max_file_bytes:
             raise APIError(f"The file is larger than {settings.max_file_bytes} bytes.",
                            status=413, param="file", code="file_too_large")
         await asyncio.to_thread(parse_batch_file, data, settings.max_lines)
         saved = await asyncio.to_thread(files().save, data, file.filename or "batch.jsonl",
-                                        "batch", caller_key_id(request))
+                                        "batch", caller_key_id(request),
+                                        None if expiry is None else expiry.seconds)
         return saved.as_object()
 
     @router.get("/v1/files", scopes=BATCH)
@@ -79,6 +94,20 @@ def add_file_routes(router: Router, files: Callable[[], FileStore],
         if not await asyncio.to_thread(files().delete, file_id, caller_key_id(request)):
             raise _not_found(file_id)
         return {"id": file_id, "object": "file", "deleted": True}
+
+
+def _expires_after(anchor: str | None, seconds: str | None) -> ExpiresAfter | None:
+    """The upload's `expires_after[anchor]` and `expires_after[seconds]` form fields."""
+    if anchor is None and seconds is None:
+        return None
+    try:  # form fields are text: seconds is read as a whole number first
+        number = int(seconds) if seconds is not None and seconds.isdigit() else seconds
+        return ExpiresAfter.model_validate({"anchor": anchor, "seconds": number})
+    except ValidationError as exc:
+        field = str(exc.errors()[0]["loc"][0])
+        raise invalid_param(f"expires_after[{field}]", "expires_after needs anchor "
+                            f"'created_at' and seconds from {MIN_EXPIRY_S} to "
+                            f"{MAX_EXPIRY_S} (1 hour to 30 days).") from None
 
 
 async def _stored(files: FileStore, file_id: str, owner: str | None) -> StoredFile:

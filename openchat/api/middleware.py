@@ -23,7 +23,8 @@ import uuid
 from typing import Any
 
 from openchat.access.keys import open_store
-from openchat.access.ratelimit import KeyLimits, RateLimited, open_rate_limiter
+from openchat.access.budget import key_limits
+from openchat.access.ratelimit import RateLimited, shared_rate_limiter
 from openchat.access.scopes import forbidden, missing_scope
 from openchat.api.drain import Drain
 from openchat.api.routing import KEY_SCOPE_ITEM, PROBES, RouteSpec, RouteTable
@@ -61,8 +62,9 @@ class AccessMiddleware:
         else:
             logger.warning("authentication is OFF (auth.enabled: false): every route is "
                            "open to anyone who can reach this port, without rate limits")
-        self.limiter = open_rate_limiter(self.settings.rate_limit_storage,
-                                         window=self.settings.rate_window_s)
+        # Shared with the batch runner, which charges batch lines' tokens to it.
+        self.limiter = shared_rate_limiter(self.settings.rate_limit_storage,
+                                           window=self.settings.rate_window_s)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -176,10 +178,7 @@ class AccessMiddleware:
         return key
 
     async def _admit(self, key, fields: dict[str, Any], body_size: int):
-        limits = KeyLimits(rpm=key.rpm or self.settings.default_rpm,
-                           tpm=key.tpm or self.settings.default_tpm,
-                           max_concurrency=key.max_concurrency
-                           or self.settings.default_max_concurrency)
+        limits = key_limits(key, self.settings)
         try:
             return await self.limiter.admit(key.id, limits=limits,
                                             reserve_tokens=_reservation(

@@ -15,13 +15,23 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from openchat.protocol.errors import APIError
+from openchat.protocol.errors import APIError, error_body
 from openchat.protocol.requests import StrictModel
 
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings",
                    "/v1/responses")
 MAX_CUSTOM_ID_CHARS = 512
 MAX_METADATA_PAIRS = 16
+MIN_EXPIRY_S, MAX_EXPIRY_S = 3600, 2_592_000  # a file's expires_after: 1 hour to 30 days
+
+
+class ExpiresAfter(StrictModel):
+    """OpenAI's file expiry policy: `seconds` after the file's creation, 1 hour to 30 days.
+    On `POST /v1/files` it comes as the form fields `expires_after[anchor]` and
+    `expires_after[seconds]` (how the `openai` client encodes it)."""
+
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=MIN_EXPIRY_S, le=MAX_EXPIRY_S)
 
 
 class BatchCreateRequest(StrictModel):
@@ -30,7 +40,8 @@ class BatchCreateRequest(StrictModel):
                       "/v1/responses"]
     completion_window: Literal["24h"]
     metadata: dict[str, str] | None = Field(None, max_length=MAX_METADATA_PAIRS)
-    output_expires_after: dict[str, Any] | None = None  # accepted, not applied
+    output_expires_after: ExpiresAfter | None = Field(None, description="When the batch's "
+                                                      "output and error files expire.")
 
 
 class BatchListQuery(StrictModel):
@@ -59,8 +70,16 @@ class BatchInputLine:
     body: str  # the body, as compact JSON: parsed by the endpoint's request model when run
 
 
+class BadLine(APIError):
+    """A line of a batch file that makes the whole file unusable; `line` counts from 1."""
+
+    def __init__(self, number: int, message: str, code: str) -> None:
+        super().__init__(f"Line {number}: {message}", param="file", code=code)
+        self.line = number
+
+
 def bad_line(number: int, message: str, code: str) -> APIError:
-    return APIError(f"Line {number}: {message}", param="file", code=code)
+    return BadLine(number, message, code)
 
 
 def parse_batch_file(data: bytes, max_lines: int) -> list[BatchInputLine]:
@@ -120,6 +139,46 @@ def _parse_line(number: int, raw: str) -> BatchInputLine:
         raise bad_line(number, "body must be a JSON object (the endpoint's request).",
                        "invalid_body")
     return BatchInputLine(number, custom_id, url, json.dumps(body, separators=(",", ":")))
+
+
+def batch_errors(problems: list[APIError]) -> dict[str, Any]:
+    """OpenAI's `errors` of a batch that failed validation: a list of
+    {code, message, param, line} (at most 100)."""
+    return {"object": "list", "data": [
+        {"code": problem.code, "message": problem.message, "param": problem.param,
+         "line": problem.line if isinstance(problem, BadLine) else None}
+        for problem in problems[:100]]}
+
+
+def check_batch_file(data: bytes, endpoint: str, max_lines: int,
+                     ) -> tuple[list[BatchInputLine], dict[str, Any] | None]:
+    """A batch's validation: its input file's requests, or None and the batch's `errors`
+    when the file as a whole cannot run (not JSONL, a bad or duplicate line, empty, too
+    long, or lines for another endpoint than the batch's: every such line is named)."""
+    try:
+        lines = parse_batch_file(data, max_lines)
+    except APIError as problem:
+        return [], batch_errors([problem])
+    wrong = [BadLine(line.number, f"the line's url {line.url!r} is not the batch's "
+                     f"endpoint {endpoint!r}.", "invalid_url")
+             for line in lines if line.url != endpoint]
+    for problem in wrong:
+        problem.param = "url"
+    return (lines, None) if not wrong else ([], batch_errors(list(wrong)))
+
+
+def oversized_line(body: str, max_body_bytes: int) -> dict[str, Any] | None:
+    """The error body of a line whose body the live route would refuse as too large
+    (status 413), or None if it fits."""
+    if len(body.encode()) <= max_body_bytes:
+        return None
+    return error_body(f"The request body is larger than {max_body_bytes} bytes.",
+                      "invalid_request_error", None, "request_too_large")
+
+
+def line_tokens(body: dict[str, Any]) -> int:
+    """The tokens an answered line used (its usage's total), as a live call is charged."""
+    return batch_usage([{"response": {"body": body}}])["total_tokens"]
 
 
 def output_line(line_id: str, custom_id: str, status: int, request_id: str,

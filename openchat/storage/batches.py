@@ -1,12 +1,15 @@
 """Batches and their lines, in SQL, so that every replica's runner shares one queue.
 
-A batch is created with all its lines (`pending`). A runner claims lines through the
-database with a compare-and-set on each line's `attempt` counter, so a line is run by one
-runner at a time however many replicas there are; the claim carries the runner's id and a
-time it renews (`heartbeat`) while it runs the line. A line whose claim was not renewed for
-the lease (its replica died) is claimed again; a runner that stops cleanly hands its lines
-back at once (`release`). A finished line (`done`) keeps its output line and is never run
-again, so a restart resumes only what was unfinished.
+A batch is created `validating`, with no lines. A runner checks its input file and either
+`start`s it (all its lines, `pending`, and status `in_progress`) or `fail`s it with its
+`errors`; both are a compare-and-set on the status, so one runner's validation wins.
+
+A runner claims lines with a compare-and-set on each line's `attempt` counter, so a line
+is run by one runner at a time however many replicas there are; the claim carries the
+runner's id and a time it renews (`heartbeat`) while it runs the line. A line whose claim
+was not renewed for the lease (its replica died) is claimed again; a runner that stops
+cleanly hands its lines back at once (`release`). A finished line (`done`) keeps its
+output line and is never run again, so a restart resumes only what was unfinished.
 
 When no line of a batch is pending or running, one runner wins the batch's finalization
 (the same compare-and-set, on the batch), writes its output and error files and gives it
@@ -16,102 +19,26 @@ its final status: completed, cancelled (after `cancel`) or expired (past `expire
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, update
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import registry
-from sqlmodel import Field, Session, SQLModel, col, select
+from sqlmodel import Session, col, select
 
-from openchat.databases import UTCDateTime, open_engine
-from openchat.storage.files import new_id
+from openchat.databases import open_engine
+from openchat.storage.batch_tables import (
+    ACTIVE,
+    EXPIRY,
+    BatchesModel,
+    BatchLine,
+    StoredBatch,
+)
+from openchat.storage.files import add_missing_columns, new_id
 
-ACTIVE = ("validating", "in_progress", "cancelling", "finalizing")
-EXPIRY = timedelta(hours=24)  # completion_window "24h", the one OpenAI offers
-_TIMESTAMPS = ("in_progress_at", "expires_at", "finalizing_at", "completed_at",
-               "failed_at", "expired_at", "cancelling_at", "cancelled_at")
-
-
-class BatchesModel(SQLModel, registry=registry()):
-    """Base of the batch tables: their own MetaData, apart from keys, responses, files."""
-
-
-class StoredBatch(BatchesModel, table=True):
-    __tablename__ = "batches"
-
-    id: str = Field(primary_key=True, max_length=64)
-    owner: str | None = Field(None, index=True, max_length=64, description="The key's id.")
-    scopes: str | None = Field(None, description="The creating key's scopes, as JSON (None "
-                               "with authentication off): what its lines may use.")
-    endpoint: str = Field(max_length=64)
-    model: str | None = Field(None, max_length=256, description="Its first line's model.")
-    input_file_id: str = Field(max_length=64)
-    completion_window: str = Field(max_length=8)
-    status: str = Field(index=True, max_length=16)
-    outcome: str | None = Field(None, max_length=16, description="The status the batch "
-                                "ends in once finalized.")
-    finalizer: str | None = Field(None, max_length=64, description="The runner finalizing it.")
-    metadata_json: str | None = None
-    errors_json: str | None = None
-    output_file_id: str | None = Field(None, max_length=64)
-    error_file_id: str | None = Field(None, max_length=64)
-    total: int = 0
-    completed: int = 0
-    failed: int = 0
-    usage_json: str | None = Field(None, description="OpenAI's batch usage once it ended.")
-    created_at: datetime = Field(sa_type=UTCDateTime)
-    in_progress_at: datetime | None = Field(None, sa_type=UTCDateTime)
-    expires_at: datetime | None = Field(None, sa_type=UTCDateTime)
-    finalizing_at: datetime | None = Field(None, sa_type=UTCDateTime)
-    completed_at: datetime | None = Field(None, sa_type=UTCDateTime)
-    failed_at: datetime | None = Field(None, sa_type=UTCDateTime)
-    expired_at: datetime | None = Field(None, sa_type=UTCDateTime)
-    cancelling_at: datetime | None = Field(None, sa_type=UTCDateTime)
-    cancelled_at: datetime | None = Field(None, sa_type=UTCDateTime)
-
-    @property
-    def scope_list(self) -> list[str] | None:
-        return None if self.scopes is None else json.loads(self.scopes)
-
-    def as_object(self, counts: tuple[int, int, int] | None = None) -> dict[str, Any]:
-        """OpenAI's Batch; `counts` (total, completed, failed) while the batch runs."""
-        total, completed, failed = counts or (self.total, self.completed, self.failed)
-        stamps = {name: _epoch(getattr(self, name)) for name in _TIMESTAMPS}
-        return {"id": self.id, "object": "batch", "endpoint": self.endpoint,
-                "errors": None if self.errors_json is None else json.loads(self.errors_json),
-                "input_file_id": self.input_file_id,
-                "completion_window": self.completion_window, "status": self.status,
-                "output_file_id": self.output_file_id, "error_file_id": self.error_file_id,
-                "created_at": _epoch(self.created_at), **stamps,
-                "request_counts": {"total": total, "completed": completed, "failed": failed},
-                "metadata": None if self.metadata_json is None
-                else json.loads(self.metadata_json), "model": self.model,
-                "usage": None if self.usage_json is None else json.loads(self.usage_json)}
-
-
-class BatchLine(BatchesModel, table=True):
-    __tablename__ = "batch_lines"
-
-    batch_id: str = Field(primary_key=True, max_length=64)
-    number: int = Field(primary_key=True, description="Its line in the input file, from 1.")
-    custom_id: str = Field(max_length=512)
-    url: str = Field(max_length=64)
-    body: str
-    state: str = Field("pending", index=True, max_length=16,
-                       description="pending, running, done or dropped (cancelled, expired).")
-    attempt: int = Field(0, description="Raised by every claim: the compare-and-set token.")
-    claimed_by: str | None = Field(None, index=True, max_length=64)
-    claimed_at: datetime | None = Field(None, sa_type=UTCDateTime)
-    status_code: int | None = None
-    result: str | None = Field(None, description="Its output line, as JSON.")
-
-
-def _epoch(moment: datetime | None) -> int | None:
-    return None if moment is None else int(moment.timestamp())
-
+__all__ = ["ACTIVE", "EXPIRY", "BatchLine", "BatchStore", "StoredBatch", "open_batch_store"]
 
 class BatchStore:
     def __init__(self, url: str) -> None:
@@ -121,40 +48,81 @@ class BatchStore:
             BatchesModel.metadata.create_all(self._engine)
         except SQLAlchemyError:  # several workers racing to create it: one of them won
             BatchesModel.metadata.create_all(self._engine)
+        add_missing_columns(self._engine, StoredBatch.__table__, ["output_expires_s"])
 
     # -- the API's side --------------------------------------------------------------------
 
     def create(self, *, owner: str | None, scopes: list[str] | None, endpoint: str,
                input_file_id: str, metadata: dict[str, str] | None,
-               lines: Sequence[tuple[int, str, str, str]],
-               model: str | None = None) -> StoredBatch:
-        """A batch in progress with its lines (number, custom_id, url, body). A line for
-        another endpoint fails the whole batch, as on OpenAI: nothing runs."""
+               output_expires_s: int | None = None) -> StoredBatch:
+        """A batch `validating`: a runner checks its input file, then starts or fails it."""
         now = datetime.now(UTC)
         batch = StoredBatch(id=new_id("batch_"), owner=owner,
                             scopes=None if scopes is None else json.dumps(sorted(scopes)),
-                            endpoint=endpoint, model=model, input_file_id=input_file_id,
-                            completion_window="24h", status="in_progress",
+                            endpoint=endpoint, input_file_id=input_file_id,
+                            completion_window="24h", status="validating",
                             metadata_json=None if metadata is None else json.dumps(metadata),
-                            total=len(lines), created_at=now, in_progress_at=now,
-                            expires_at=now + EXPIRY)
-        wrong = [(number, url) for number, _, url, _ in lines if url != endpoint]
-        if wrong:
-            batch.status, batch.failed_at, batch.in_progress_at = "failed", now, None
-            batch.errors_json = json.dumps({"object": "list", "data": [
-                {"code": "invalid_url", "line": number, "param": "url",
-                 "message": f"The line's url {url!r} is not the batch's endpoint "
-                 f"{endpoint!r}."} for number, url in wrong[:100]]})
+                            output_expires_s=output_expires_s,
+                            created_at=now, expires_at=now + EXPIRY)
         with Session(self._engine, expire_on_commit=False) as session:
             session.add(batch)
-            session.flush()
-            if not wrong:
-                session.execute(insert(BatchLine), [
-                    {"batch_id": batch.id, "number": number, "custom_id": custom_id,
-                     "url": url, "body": body, "state": "pending", "attempt": 0}
-                    for number, custom_id, url, body in lines])
             session.commit()
         return batch
+
+    def to_validate(self, limit: int = 10) -> list[StoredBatch]:
+        """Batches waiting for validation, oldest first."""
+        query = select(StoredBatch).where(StoredBatch.status == "validating")
+        with Session(self._engine, expire_on_commit=False) as session:
+            return list(session.exec(query.order_by(col(StoredBatch.id)).limit(limit)))
+
+    def start(self, batch_id: str, lines: Sequence[tuple[int, str, str, str]], *,
+              model: str | None = None,
+              answered: dict[int, tuple[int, dict[str, Any]]] | None = None) -> bool:
+        """A validated batch's lines (number, custom_id, url, body), and it is in progress.
+        `answered`: lines that validation already answered (number -> status and output
+        line), kept `done`. False if it is no longer validating (cancelled, or another
+        runner validated it first): nothing is written."""
+        answered = answered or {}
+        now = datetime.now(UTC)
+        with Session(self._engine) as session:
+            won = session.execute(update(StoredBatch).where(
+                col(StoredBatch.id) == batch_id, col(StoredBatch.status) == "validating",
+            ).values(status="in_progress", in_progress_at=now, model=model,
+                     total=len(lines)))
+            if won.rowcount != 1:
+                session.rollback()
+                return False
+            rows = [{"batch_id": batch_id, "number": number, "custom_id": custom_id,
+                     "url": url, "body": body, "state": "pending", "attempt": 0,
+                     "status_code": None, "result": None}
+                    for number, custom_id, url, body in lines]
+            for row in rows:
+                if row["number"] in answered:
+                    status, result = answered[row["number"]]
+                    row.update(state="done", status_code=status, result=json.dumps(result))
+            if rows:
+                session.execute(insert(BatchLine), rows)
+            session.commit()
+        return True
+
+    def fail(self, batch_id: str, errors: dict[str, Any]) -> bool:
+        """A batch whose input file cannot run: `failed`, with OpenAI's `errors`."""
+        with Session(self._engine) as session:
+            won = session.execute(update(StoredBatch).where(
+                col(StoredBatch.id) == batch_id, col(StoredBatch.status) == "validating",
+            ).values(status="failed", failed_at=datetime.now(UTC),
+                     errors_json=json.dumps(errors)))
+            session.commit()
+        return won.rowcount == 1
+
+    def waiting_owners(self) -> list[str]:
+        """The keys that own batches in progress with lines waiting to be claimed."""
+        waiting = select(BatchLine.batch_id).where(BatchLine.state == "pending")
+        with Session(self._engine) as session:
+            return [owner for owner in session.exec(
+                select(StoredBatch.owner).where(StoredBatch.status == "in_progress",
+                                                col(StoredBatch.id).in_(waiting.distinct()))
+                .distinct()).all() if owner is not None]
 
     def get(self, batch_id: str, owner: str | None) -> StoredBatch | None:
         with Session(self._engine, expire_on_commit=False) as session:
@@ -209,15 +177,19 @@ class BatchStore:
 
     # -- the runners' side -----------------------------------------------------------------
 
-    def claim(self, worker: str, n: int, lease: timedelta) -> list[BatchLine]:
+    def claim(self, worker: str, n: int, lease: timedelta,
+              held: Collection[str] = ()) -> list[BatchLine]:
         """Up to `n` lines for `worker` to run: pending ones of running batches, oldest
-        batch first, and lines whose claim has lapsed."""
+        batch first, and lines whose claim has lapsed; none of batches owned by a key in
+        `held` (its token budget is spent for now)."""
         now = datetime.now(UTC)
         runnable = or_(col(BatchLine.state) == "pending",
                        and_(col(BatchLine.state) == "running",
                             col(BatchLine.claimed_at) < now - lease))
         query = (select(BatchLine).join(StoredBatch, col(StoredBatch.id) == BatchLine.batch_id)
-                 .where(StoredBatch.status == "in_progress", runnable)
+                 .where(StoredBatch.status == "in_progress", runnable,
+                        or_(col(StoredBatch.owner).is_(None),
+                            col(StoredBatch.owner).not_in(list(held))))
                  .order_by(col(BatchLine.batch_id), col(BatchLine.number)).limit(n * 2))
         claimed: list[BatchLine] = []
         with Session(self._engine, expire_on_commit=False) as session:

@@ -5,6 +5,10 @@ bytes in a directory (`batch.files_dir`, a shared volume for replicas), one file
 A file belongs to the API key that uploaded it, or that owns the batch it came out of
 (`owner`); every lookup filters on it, so another key's file is simply not found (404).
 With authentication off the owner is None and every file is visible.
+
+A file may expire (`expires_at`: an upload's `expires_after`, a batch's
+`output_expires_after`): from then on it is not found, and `purge_expired` (the batch
+runner calls it every round) deletes its row and bytes.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from datetime import UTC, datetime
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from sqlalchemy import Engine, Table, inspect, or_, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import registry
 from sqlmodel import Field, Session, SQLModel, col, select
@@ -39,13 +45,34 @@ class StoredFile(FilesModel, table=True):
     purpose: str = Field(max_length=32)
     bytes: int
     created_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    expires_at: datetime | None = Field(None, sa_type=UTCDateTime, index=True)
+
+    def expired(self, now: datetime | None = None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or datetime.now(UTC))
 
     def as_object(self) -> dict[str, Any]:
         """OpenAI's FileObject."""
         return {"id": self.id, "object": "file", "bytes": self.bytes,
                 "created_at": int(self.created_at.timestamp()), "filename": self.filename,
-                "purpose": self.purpose, "status": "processed", "expires_at": None,
+                "purpose": self.purpose, "status": "processed",
+                "expires_at": None if self.expires_at is None
+                else int(self.expires_at.timestamp()),
                 "status_details": None}
+
+
+def add_missing_columns(engine: Engine, table: Table, names: Iterable[str]) -> None:
+    """Add columns that a table made by an earlier version lacks (create_all adds none);
+    new columns are nullable, so old rows read as None."""
+    present = {column["name"] for column in inspect(engine).get_columns(table.name)}
+    for name in names:
+        if name in present:
+            continue
+        kind = table.c[name].type.compile(dialect=engine.dialect)
+        try:
+            with engine.begin() as connection:
+                connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}"))
+        except SQLAlchemyError:  # another worker added it first
+            pass
 
 
 def new_id(prefix: str) -> str:
@@ -64,17 +91,22 @@ class FileStore:
             FilesModel.metadata.create_all(self._engine)
         except SQLAlchemyError:  # several workers racing to create it: one of them won
             FilesModel.metadata.create_all(self._engine)
+        add_missing_columns(self._engine, StoredFile.__table__, ["expires_at"])
 
     def save(self, data: bytes, filename: str, purpose: Purpose,
-             owner: str | None) -> StoredFile:
-        """Bytes first (written aside, then renamed), then the row: a file listed is whole."""
+             owner: str | None, expires_after_s: int | None = None) -> StoredFile:
+        """Bytes first (written aside, then renamed), then the row: a file listed is whole.
+        `expires_after_s`: it expires that many seconds after its creation."""
         file_id = new_id("file-")
         path = self._path(file_id)
         partial = path.with_suffix(".partial")
         partial.write_bytes(data)
         os.replace(partial, path)
+        now = datetime.now(UTC)
         row = StoredFile(id=file_id, owner=owner, filename=filename[:512], purpose=purpose,
-                         bytes=len(data), created_at=datetime.now(UTC))
+                         bytes=len(data), created_at=now,
+                         expires_at=None if expires_after_s is None
+                         else now + timedelta(seconds=expires_after_s))
         with Session(self._engine, expire_on_commit=False) as session:
             session.add(row)
             session.commit()
@@ -83,7 +115,7 @@ class FileStore:
     def get(self, file_id: str, owner: str | None) -> StoredFile | None:
         with Session(self._engine, expire_on_commit=False) as session:
             row = session.get(StoredFile, file_id)
-        if row is None or (owner is not None and row.owner != owner):
+        if row is None or (owner is not None and row.owner != owner) or row.expired():
             return None
         return row
 
@@ -99,7 +131,9 @@ class FileStore:
     def list(self, owner: str | None, *, limit: int, order: Literal["asc", "desc"] = "desc",
              after: str | None = None, purpose: str | None = None) -> list[StoredFile]:
         """Up to `limit` files in creation order; `after`: continue past that id."""
-        query = select(StoredFile)
+        now = datetime.now(UTC)
+        query = select(StoredFile).where(or_(col(StoredFile.expires_at).is_(None),
+                                             col(StoredFile.expires_at) > now))
         if owner is not None:
             query = query.where(StoredFile.owner == owner)
         if purpose is not None:
@@ -122,6 +156,21 @@ class FileStore:
                 session.commit()
         self._path(file_id).unlink(missing_ok=True)
         return True
+
+    def purge_expired(self) -> int:
+        """Delete the files that have expired, rows and bytes; how many there were."""
+        now = datetime.now(UTC)
+        with Session(self._engine) as session:
+            ids = list(session.exec(select(StoredFile.id).where(
+                col(StoredFile.expires_at) <= now)).all())
+        for file_id in ids:  # row first: a file listed always has its bytes
+            with Session(self._engine) as session:
+                found = session.get(StoredFile, file_id)
+                if found is not None:
+                    session.delete(found)
+                    session.commit()
+            self._path(file_id).unlink(missing_ok=True)
+        return len(ids)
 
     def _path(self, file_id: str) -> Path:
         if not file_id.replace("-", "").isalnum():  # ids are ours; never a path

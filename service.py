@@ -129,6 +129,9 @@ def _restart_worker() -> None:
     # OpenAI's error shape; BentoML's own (outside it) only backs the timeout up.
     traffic={"timeout": SETTINGS.service.traffic.timeout + 30},
     http={"port": SETTINGS.service.port},
+    # Without an exporter BentoML's spans go nowhere, yet cost CPU on every request and
+    # streamed chunk: skip them unless tracing is wanted (service.tracing).
+    **({} if SETTINGS.service.tracing else {"tracing": {"excluded_urls": [".*"]}}),
 )
 @bentoml.asgi_app(openai_app, path="/")
 class OpenChat:

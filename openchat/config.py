@@ -72,6 +72,11 @@ class EngineSettings(BaseModel):
     tensor_parallel_size: int = Field(1, ge=1)
     seed: int = 0
     enable_prefix_caching: bool = True
+    log_stats: bool = Field(
+        True, description="vLLM's engine statistics: the `vllm:` Prometheus metrics and "
+        "its periodic throughput log line. Recording them costs the HTTP process CPU on "
+        "every engine step; off, /metrics has no `vllm:` family and the service's time to "
+        "first token of a non-streamed request is its whole engine time.")
 
 
 class TrafficSettings(BaseModel):
@@ -94,6 +99,11 @@ class ServiceSettings(BaseModel):
         120, ge=0, description="On SIGTERM: seconds in-flight requests may run to their end "
         "before they are cut off with 503 (sized for a long answer on the real model; set "
         "Kubernetes' terminationGracePeriodSeconds above it).")
+    tracing: bool = Field(
+        False, description="Run BentoML's OpenTelemetry middleware: a span per request and "
+        "one per response message (every streamed chunk). BentoML exports spans only when "
+        "its own `tracing` configuration names an exporter and a sample rate above 0; turn "
+        "this on then. Off, the middleware passes requests straight through.")
 
 
 class LimitSettings(BaseModel):

@@ -83,6 +83,20 @@ def test_streamed_chat_chunks_come_in_openai_order(template):
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 4
 
 
+def test_whole_answers_ask_the_engine_for_the_final_output_only(template):
+    """One output at the end instead of a delta per token; streams keep their deltas."""
+    from vllm.sampling_params import RequestOutputKind
+
+    engine = FakeEngine().reply("Hello there").reply("Hel", "lo")
+    flows = pipeline(template, engine)
+    assert run(flows.chat(chat(max_tokens=5))).choices[0].message.content == "Hello there"
+    run(drain(run(flows.chat(chat(max_tokens=5, stream=True)))))
+    whole, streamed = engine.calls
+    assert whole.params.output_kind == RequestOutputKind.FINAL_ONLY
+    assert whole.params.max_tokens == 5  # the rest of the parameters as prepared
+    assert streamed.params.output_kind == RequestOutputKind.DELTA
+
+
 def test_a_required_tool_call_arrives_whole_and_streamed_alike(template):
     text = '<tool_call>{"name":"add","arguments":{"a":12}}</tool_call>'
     pieces = [text[i:i + 5] for i in range(0, len(text), 5)]

@@ -16,6 +16,7 @@ import functools
 import logging
 import math
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -150,6 +151,23 @@ def engine_error(exc: BaseException) -> APIError | None:
     return None
 
 
+def final_only(params: SamplingParams) -> SamplingParams:
+    """A copy of `params` that makes the engine send one output, at the end, instead of a
+    delta per step: for requests collected whole, it spares the frontend building,
+    queueing and handing over an output per token (and us consuming it)."""
+    import msgspec
+    from vllm.sampling_params import RequestOutputKind
+
+    return msgspec.structs.replace(params, output_kind=RequestOutputKind.FINAL_ONLY)
+
+
+def _first_token_latency(output: EngineOutput) -> float | None:
+    """Seconds from the request's arrival in the engine to its first token, as vLLM's
+    request stats say (None when it keeps none)."""
+    latency = getattr(getattr(output, "metrics", None), "first_token_latency", None)
+    return latency if isinstance(latency, float) and latency > 0 else None
+
+
 def cached_tokens(output: EngineOutput) -> int:
     """Prompt tokens of this request that vLLM's prefix cache served (0 if it says none)."""
     return getattr(output, "num_cached_tokens", None) or 0
@@ -170,6 +188,12 @@ class VLLMEngine:
                      if self.layout.device == "cpu" else contextlib.nullcontext())
         with placement:  # its processes start on the engine's cores; this one leaves them
             self._llm = AsyncLLM.from_engine_args(args)
+        # vLLM reads its VLLM_* variables from os.environ on every access (dozens per
+        # request in the frontend) until they are cached, which it does itself in its
+        # engine processes once they have started; the values are settled now here too.
+        from vllm import envs
+
+        envs.enable_envs_cache()
         self.max_model_len = self._llm.model_config.max_model_len
         self._running: set[str] = set()  # request ids, for abort_all()
 
@@ -186,7 +210,7 @@ class VLLMEngine:
             tensor_parallel_size=engine.tensor_parallel_size,
             seed=engine.seed,
             enable_prefix_caching=engine.enable_prefix_caching,
-            disable_log_stats=False,
+            disable_log_stats=not engine.log_stats,
             scheduling_policy="priority",  # PRIORITY: batch lines wait for interactive ones
             # Compact JSON: without this a model (and surely a random one) may fill the
             # answer with whitespace until max_tokens runs out. vLLM applies it engine-wide.
@@ -227,6 +251,7 @@ class VLLMEngine:
         """
         from vllm.inputs import tokens_input
 
+        submitted = time.perf_counter()
         stream = self._llm.generate(tokens_input(prompt_ids), params, request_id,
                                     priority=PRIORITY.get())
         usage.add_prompt(len(prompt_ids))
@@ -237,7 +262,11 @@ class VLLMEngine:
                 if not cache_counted:  # the same count rides on every step
                     usage.add_cached(cached_tokens(output))
                     cache_counted = True
-                usage.add_completion(sum(len(o.token_ids) for o in output.outputs))
+                first_token_at = None
+                if output.finished and (latency := _first_token_latency(output)):
+                    first_token_at = submitted + latency  # counted only now (final-only)
+                usage.add_completion(sum(len(o.token_ids) for o in output.outputs),
+                                     first_token_at)
                 if any(o.finish_reason == "abort" for o in output.outputs):
                     # Not the client (it is still here): the engine cut the request off,
                     # e.g. while shutting down. A partial answer must not pass as whole.

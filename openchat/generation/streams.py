@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from openchat.generation.engine import EngineClient, cached_tokens
+from openchat.generation.engine import EngineClient, cached_tokens, final_only
 from openchat.protocol.outputs import ChoiceState
 
 if TYPE_CHECKING:
@@ -67,9 +67,11 @@ class Collected:
 
 async def collect(engine: EngineClient, prompt_ids: list[int], params: SamplingParams,
                   request_id: str, n: int) -> Collected:
-    """Run one engine request to the end, gathering each choice's deltas."""
+    """Run one engine request to the end, gathering each choice's output. The engine is
+    asked for the final output only (one instead of one per token); a choice's state
+    takes deltas and whole outputs alike."""
     collected = Collected([ChoiceState(index=i) for i in range(n)])
-    async for output in engine.generate(prompt_ids, params, request_id):
+    async for output in engine.generate(prompt_ids, final_only(params), request_id):
         collected.cached_tokens = max(collected.cached_tokens, cached_tokens(output))
         for choice in output.outputs:
             collected.states[choice.index].add(choice)

@@ -48,9 +48,11 @@ def add_cached(tokens: int) -> None:
         meter.cached_tokens += tokens
 
 
-def add_completion(tokens: int) -> None:
+def add_completion(tokens: int, first_token_at: float | None = None) -> None:
+    """`first_token_at` (a perf_counter time): when the first of these tokens came, for a
+    request whose tokens are counted only at its end; default: now."""
     meter = _current.get()
     if meter is not None:
         meter.completion_tokens += tokens
         if tokens and meter.first_token_at is None:
-            meter.first_token_at = time.perf_counter()
+            meter.first_token_at = first_token_at or time.perf_counter()

@@ -149,12 +149,7 @@ class FileStore:
         row = self.get(file_id, owner)
         if row is None:
             return False
-        with Session(self._engine) as session:
-            found = session.get(StoredFile, file_id)
-            if found is not None:
-                session.delete(found)
-                session.commit()
-        self._path(file_id).unlink(missing_ok=True)
+        self._remove(file_id)
         return True
 
     def purge_expired(self) -> int:
@@ -163,14 +158,18 @@ class FileStore:
         with Session(self._engine) as session:
             ids = list(session.exec(select(StoredFile.id).where(
                 col(StoredFile.expires_at) <= now)).all())
-        for file_id in ids:  # row first: a file listed always has its bytes
-            with Session(self._engine) as session:
-                found = session.get(StoredFile, file_id)
-                if found is not None:
-                    session.delete(found)
-                    session.commit()
-            self._path(file_id).unlink(missing_ok=True)
+        for file_id in ids:
+            self._remove(file_id)
         return len(ids)
+
+    def _remove(self, file_id: str) -> None:
+        """Row first, then bytes: a file that is listed always has its bytes."""
+        with Session(self._engine) as session:
+            found = session.get(StoredFile, file_id)
+            if found is not None:
+                session.delete(found)
+                session.commit()
+        self._path(file_id).unlink(missing_ok=True)
 
     def _path(self, file_id: str) -> Path:
         if not file_id.replace("-", "").isalnum():  # ids are ours; never a path

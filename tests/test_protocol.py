@@ -22,6 +22,16 @@ def test_preset_defaults_fill_only_unset_values():
     assert params.stop_token_ids == [32000]
 
 
+def test_a_request_with_its_own_tail_filter_gets_none_of_the_presets():
+    preset = SamplingDefaults(temperature=0.7, min_p=0.05)
+    own = ChatCompletionRequest(model="m", messages=HI, top_p=0.9).to_sampling_params(
+        max_tokens=10, defaults=preset)
+    assert (own.top_p, own.min_p, own.temperature) == (0.9, 0.0, 0.7)
+    plain = ChatCompletionRequest(model="m", messages=HI).to_sampling_params(
+        max_tokens=10, defaults=preset)
+    assert (plain.top_p, plain.min_p) == (1.0, 0.05)
+
+
 def test_ignore_eos_drops_end_of_turn_stop():
     request = ChatCompletionRequest(model="m", messages=HI, ignore_eos=True)
     params = request.to_sampling_params(max_tokens=5, defaults=SamplingDefaults())

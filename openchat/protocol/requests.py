@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from vllm.sampling_params import StructuredOutputsParams
 
 MAX_STOP_SEQUENCES = 4
+TAIL_FILTERS = ("top_p", "top_k", "min_p")  # sampling filters a preset sets as one
 FLOAT32_TINY = 1e-30  # comfortably above float32's smallest normal number (1.18e-38)
 INT64 = 2**63
 
@@ -166,11 +167,14 @@ class SamplingRequest(StrictModel):
         return self.max_tokens
 
     def sampling_values(self, defaults: SamplingDefaults) -> dict[str, Any]:
-        """Request values, falling back to the preset's, then to vLLM's defaults."""
+        """Request values, falling back to the preset's, then to vLLM's defaults. The
+        filters that cut the unlikely tail (top_p, top_k, min_p) go together: a request
+        that picks one of them gets only its own, not the preset's on top."""
         values: dict[str, Any] = {}
+        own_filter = any(getattr(self, name) is not None for name in TAIL_FILTERS)
         for name in SamplingDefaults.model_fields:
             value = getattr(self, name)
-            if value is None:
+            if value is None and not (own_filter and name in TAIL_FILTERS):
                 value = getattr(defaults, name)
             if value is not None:
                 values[name] = value

@@ -9,14 +9,14 @@ settings (bf16, OpenMP threads bound to the engine cores), and times:
   * a decode step at several batch sizes, from the engine's own per-request timestamps
     (first to last token over the N steps between; ignore_eos, so every sequence runs all
     N steps, and the whole batch prefilled in one step before them);
-  * each with no sampling filter, top_p 0.95 (the presets' default: a full-vocabulary sort
-    per sequence and step) and min_p 0.05 (no sort), to see what the filter costs beside
-    a real model's step;
+  * what top_p 0.95 adds to a step (a full-vocabulary sort per sequence: vLLM's own
+    filter function, timed apart from any model), to weigh it against a real model's step
+    (--sampling runs the models with top_p or min_p too);
   * the prefill of the batch's prompts (first scheduled to last first token).
 
 These are wall-clock times: run it on a quiet machine (another process on the engine's
 core shows up directly; neither CPU time nor thread time was steadier when tried, they
-grew up to 5x under load, so the figure of record is the quicker of two runs on an idle
+grew up to 5x under load, so the figure of record is the quickest of three runs on an idle
 machine, its load average recorded in the JSON).
 
 A step's time is linear in the layer count (the layers are identical; the embedding, the
@@ -70,7 +70,7 @@ def weight_bytes(layers: int) -> int:
 
 
 def measure_model(path: str, cpus: str, batches: list[int], steps: int,
-                  prompt_len: int) -> dict:
+                  prompt_len: int, sampling_names: list[str]) -> dict:
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpus
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
     # One process: the engine's busy-waiting core process would otherwise compete with
@@ -104,14 +104,14 @@ def measure_model(path: str, cpus: str, batches: list[int], steps: int,
     run(1, 4, {})  # warm-up: first-call allocations and kernels
     out: dict = {"prefill_ms": {}, "step_ms": {}}
     for b in batches:
-        for name, sampling in SAMPLING.items():
-            # The quicker of two runs: what another process takes from the core only adds.
-            step, prefill = min(run(b, steps, sampling) for _ in range(2))
+        for name in sampling_names:
+            # The quickest of three runs: what anything else takes from the core only adds.
+            step, prefill = min(run(b, steps, SAMPLING[name]) for _ in range(3))
             out["step_ms"][f"{b}@{name}"] = round(step, 2)
             if name == "none":
                 out["prefill_ms"][str(b)] = round(prefill, 1)
         print(f"   batch {b}: step ms " + ", ".join(
-            f"{name} {out['step_ms'][f'{b}@{name}']}" for name in SAMPLING)
+            f"{name} {out['step_ms'][f'{b}@{name}']}" for name in sampling_names)
             + f"; prefill of {b} x {prompt_len} tokens {out['prefill_ms'][str(b)]} ms",
             file=sys.stderr, flush=True)
     return out
@@ -136,6 +136,29 @@ def memory_bandwidth(threads: int, gib: float = 2.0) -> dict:
     size = n * 4
     return {"copy_gbps": round(2 * size / best_copy / 1e9, 1),
             "read_gbps": round(size / best_read / 1e9, 1)}
+
+
+def top_p_cost(batches: list[int], threads: int = 1) -> dict[str, float]:
+    """ms per step that vLLM's top_p filter (a full sort of the 32002 logits of every
+    sequence; its own function, as the CPU sampler calls it) adds at each batch size,
+    apart from any model: the median of 30 runs."""
+    import statistics
+
+    import torch
+    from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p
+
+    torch.set_num_threads(threads)
+    out = {}
+    for b in batches:
+        logits, p = torch.randn(b, 32002), torch.full((b,), 0.95)
+        times = []
+        for _ in range(30):
+            work = logits.clone()
+            t0 = time.perf_counter()
+            apply_top_k_top_p(work, None, p)
+            times.append(time.perf_counter() - t0)
+        out[str(b)] = round(1000 * statistics.median(times), 2)
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -179,6 +202,9 @@ def report(result: dict) -> str:
                          f"{at32:.0f} | {1000 * int(batch) / at32:.1f} |")
         lines += ["", f"Bandwidth floor of a batch-1 step at 32 layers: {full / 1e9:.1f} GB "
                   f"/ {bw['read_gbps']} GB/s = {floor_ms:.0f} ms.", ""]
+        cost = result["top_p_ms"][threads]
+        lines += ["top_p 0.95 filter alone (vLLM's apply_top_k_top_p, median of 30): " + ", ".join(
+            f"batch {b}: {ms} ms/step" for b, ms in cost.items()), ""]
         prefill_key = min(next(iter(runs.values()))["prefill_ms"], key=int)
         a, b, at32 = extrapolate(runs, prefill_key, "prefill_ms")
         lines += [f"Prefill of one {result['config']['prompt_len']}-token prompt at 32 layers: "
@@ -192,7 +218,10 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--threads", type=int, nargs="+", default=[1],
                    help="engine thread counts to measure (cores 0..n-1)")
-    p.add_argument("--steps", type=int, default=32, help="decode steps timed per figure")
+    p.add_argument("--steps", type=int, default=64, help="decode steps timed per figure")
+    p.add_argument("--sampling", nargs="+", choices=list(SAMPLING), default=["none"],
+                   help="sampling filters to run the models with (the top_p filter's own "
+                   "cost is measured apart in any case)")
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--out", default=str(ROOT / "load" / "capacity.json"))
     p.add_argument("--child", nargs=2, metavar=("MODEL", "CPUS"), help=argparse.SUPPRESS)
@@ -200,14 +229,15 @@ def main() -> None:
 
     if args.child:
         res = measure_model(args.child[0], args.child[1], args.batches, args.steps,
-                            args.prompt_len)
+                            args.prompt_len, args.sampling)
         print("RESULT " + json.dumps(res), flush=True)
         return
 
-    result = {**provenance(args), "threads": {}, "bandwidth": {}}
+    result = {**provenance(args), "threads": {}, "bandwidth": {}, "top_p_ms": {}}
     for threads in args.threads:
         cpus = ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[:threads])
         result["bandwidth"][str(threads)] = memory_bandwidth(threads)
+        result["top_p_ms"][str(threads)] = top_p_cost(args.batches, threads)
         runs = {}
         for layers in args.layers:
             shape = OPENCHAT_7B_SHAPE.__class__(**{**OPENCHAT_7B_SHAPE.__dict__, "layers": layers})
@@ -219,7 +249,7 @@ def main() -> None:
             proc = subprocess.run(
                 [sys.executable, __file__, "--child", str(path), cpus,
                  "--batches", *map(str, args.batches), "--steps", str(args.steps),
-                 "--prompt-len", str(args.prompt_len)],
+                 "--prompt-len", str(args.prompt_len), "--sampling", *args.sampling],
                 stdout=subprocess.PIPE, text=True, cwd=ROOT,
                 env=dict(os.environ, HF_HUB_OFFLINE="1"))
             found = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]

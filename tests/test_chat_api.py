@@ -87,6 +87,26 @@ def test_same_seed_same_text_and_other_seed_differs(client):
     assert any(sample(seed) != first for seed in (1, 2, 3))
 
 
+def test_concurrent_seeded_requests_longer_than_one_engine_step_all_answer(client):
+    """Seeded requests whose prompts together exceed vLLM's default step budget (2048
+    tokens): with prompts split over steps, vLLM rewound a seeded request's generator
+    and the CPU engine died."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    long_question = [{"role": "user", "content": "Summarise this. " + "The quarterly "
+                      "report covers sales, hiring and the new office. " * 40}]
+
+    def ask(seed: int):
+        return client.chat.completions.create(model=MODEL, messages=long_question,
+                                              max_tokens=6, seed=seed)
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = list(pool.map(ask, range(12)))
+    assert answers[0].usage.prompt_tokens > 2048 / 12
+    assert all(a.choices[0].finish_reason == "length" for a in answers)
+    assert ask(12).choices[0].finish_reason == "length"  # and the engine is still up
+
+
 def test_stop_sequence_cuts_text_and_finishes_with_stop(client):
     greedy = dict(model=MODEL, messages=HI, max_tokens=24, temperature=0,
                   extra_body={"ignore_eos": True})

@@ -230,6 +230,14 @@ class VLLMEngine:
             threads = cpu_thread_binding(declared, engine.cpu_threads)
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = threads
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(max(1, engine.cpu_kv_cache_gib)))
+            # Prompts are prefilled whole, never split over steps: when vLLM splits one
+            # (chunked prefill) it rewinds the request's own random generator, which a
+            # request with a `seed` has, by an offset that CPU generators do not keep,
+            # and the engine dies ("CPU Generator does not use offset": 32 concurrent
+            # seeded json_schema requests did it). vLLM makes the same choice on CPU for
+            # MLA models. The cost: one long prompt holds up the others' next token.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(engine.max_model_len, 2048)
             kv_cache = f"{int(max(1, engine.cpu_kv_cache_gib))} GiB of RAM"
         layout = EngineLayout(
             model=settings.model,

@@ -4,6 +4,7 @@ documents them. (It found a 500 on `{"type": {}}` in a Responses tool, now fixed
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ def _schemathesis(spec_url: str, tmp_path, *options: str) -> None:
     )
     report = run.stdout + run.stderr
     assert run.returncode == 0, report[-6000:]
-    assert "generated" in report and "0 generated" not in report, report[-2000:]
+    assert "generated" in report and not re.search(r"\b0 generated", report), report[-2000:]
 
 
 def test_fuzzing_the_spec_finds_no_server_error_and_no_undocumented_answer(base_url,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import URL, DateTime, Engine, TypeDecorator, make_url
+from sqlalchemy import URL, DateTime, Engine, MetaData, TypeDecorator, make_url, text
 from sqlmodel import create_engine
 
 
@@ -48,6 +48,25 @@ def open_engine(url: str, what: str) -> Engine:
     connect_args = {"timeout": 30} if dialect == "sqlite" else {}
     return create_engine(parsed, pool_pre_ping=dialect == "postgresql",
                          connect_args=connect_args)
+
+
+# Any constant works: it only has to be the same in every worker that creates the tables.
+_SCHEMA_LOCK = 0x6F70656E63686174  # "openchat"
+
+
+def create_tables(engine: Engine, metadata: MetaData) -> None:
+    """Create `metadata`'s missing tables and indexes in one transaction holding the
+    database's schema lock, so that workers starting together take turns. Without it,
+    SQLite runs a table's CREATE and its unique index's CREATE as two statements, and a
+    worker can insert between them: the index then fails and is never made."""
+    with engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            connection.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock, now
+        else:
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                               {"key": _SCHEMA_LOCK})
+        metadata.create_all(connection)
+        connection.commit()
 
 
 class UTCDateTime(TypeDecorator):

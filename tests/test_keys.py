@@ -163,6 +163,15 @@ def test_workers_starting_together_share_one_admin_key(keys_url):
     with ThreadPoolExecutor(max_workers=8) as pool:
         ids = set(pool.map(start, range(8)))
     assert len(ids) == 1
+    # The race once left the table without its unique index (SQLite created the table and
+    # the index in two statements, and a worker inserted between them).
+    engine = create_engine(KeyStore(keys_url)._engine.url)
+    try:
+        unique = [i["column_names"] for i in inspect(engine).get_indexes("api_keys")
+                  if i["unique"]]
+    finally:
+        engine.dispose()
+    assert ["secret_hash"] in unique
 
 
 # Nothing secret leaks.

@@ -15,12 +15,12 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from functools import lru_cache
 
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import registry
 from sqlmodel import Field, Session, SQLModel, select
 
 from openchat.access.scopes import ADMIN_SCOPE, ALL_SCOPES
-from openchat.databases import UTCDateTime, open_engine
+from openchat.databases import UTCDateTime, create_tables, open_engine
 
 logger = logging.getLogger("openchat.keys")
 
@@ -92,14 +92,7 @@ class KeyStore:
     def __init__(self, url: str) -> None:
         self._engine = open_engine(url, "the key store")
         self.dialect = self._engine.dialect.name
-        self._create_table()
-
-    def _create_table(self) -> None:
-        try:
-            KeysModel.metadata.create_all(self._engine)
-        except SQLAlchemyError:
-            # Several workers starting at once may race to create it; one of them won.
-            KeysModel.metadata.create_all(self._engine)
+        create_tables(self._engine, KeysModel.metadata)
 
     def _session(self) -> Session:
         # expire_on_commit=False: the rows we return stay readable after the session closes.

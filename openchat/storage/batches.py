@@ -25,10 +25,9 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, update
-from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
-from openchat.databases import open_engine
+from openchat.databases import create_tables, open_engine
 from openchat.storage.batch_tables import (
     ACTIVE,
     EXPIRY,
@@ -44,10 +43,7 @@ class BatchStore:
     def __init__(self, url: str) -> None:
         self._engine = open_engine(url, "the batch store")
         self.dialect = self._engine.dialect.name
-        try:
-            BatchesModel.metadata.create_all(self._engine)
-        except SQLAlchemyError:  # several workers racing to create it: one of them won
-            BatchesModel.metadata.create_all(self._engine)
+        create_tables(self._engine, BatchesModel.metadata)
         add_missing_columns(self._engine, StoredBatch.__table__, ["output_expires_s"])
 
     # -- the API's side --------------------------------------------------------------------

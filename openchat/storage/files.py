@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import registry
 from sqlmodel import Field, Session, SQLModel, col, select
 
-from openchat.databases import UTCDateTime, open_engine
+from openchat.databases import UTCDateTime, create_tables, open_engine
 
 Purpose = Literal["batch", "batch_output"]
 
@@ -87,10 +87,7 @@ class FileStore:
         self.dialect = self._engine.dialect.name
         self.directory = Path(directory).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
-        try:
-            FilesModel.metadata.create_all(self._engine)
-        except SQLAlchemyError:  # several workers racing to create it: one of them won
-            FilesModel.metadata.create_all(self._engine)
+        create_tables(self._engine, FilesModel.metadata)
         add_missing_columns(self._engine, StoredFile.__table__, ["expires_at"])
 
     def save(self, data: bytes, filename: str, purpose: Purpose,

@@ -15,11 +15,10 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, Literal
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import registry
 from sqlmodel import Field, Session, SQLModel, col, delete, select
 
-from openchat.databases import UTCDateTime, open_engine
+from openchat.databases import UTCDateTime, create_tables, open_engine
 
 
 class ResponsesModel(SQLModel, registry=registry()):
@@ -54,10 +53,7 @@ class ResponseStore:
         self.dialect = self._engine.dialect.name
         self.max_age = timedelta(days=max_age_days) if max_age_days else None
         self.max_per_key = max_per_key
-        try:
-            ResponsesModel.metadata.create_all(self._engine)
-        except SQLAlchemyError:  # several workers racing to create it: one of them won
-            ResponsesModel.metadata.create_all(self._engine)
+        create_tables(self._engine, ResponsesModel.metadata)
 
     def save(self, response: dict[str, Any], input_items: list[dict[str, Any]],
              conversation: list[dict[str, Any]], owner: str | None) -> None:

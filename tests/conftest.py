@@ -91,7 +91,7 @@ def service_env(**overrides: str) -> dict[str, str]:
         OPENCHAT_RESPONSES__STORE_URL=f"sqlite:///{data / 'responses.db'}",
         OPENCHAT_BATCH__STORE_URL=f"sqlite:///{data / 'batches.db'}",
         OPENCHAT_BATCH__FILES_DIR=str(data / "files"),
-        OPENCHAT_BATCH__MAX_FILE_BYTES="1048576",  # so the 413 test sends only a megabyte
+        OPENCHAT_BATCH__MAX_FILE_BYTES="4194304",  # so the 413 test sends only 4 MiB
         OPENCHAT_BATCH__POLL_INTERVAL_S="0.2",
         OPENCHAT_ADMIN_KEY=ADMIN_KEY,
         OPENCHAT_AUTH__DEFAULT_RPM="100000",

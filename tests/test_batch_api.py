@@ -293,11 +293,31 @@ def test_bad_batch_requests_are_400(http, client, body, param):
 
 
 def test_oversized_upload_is_413(http):
-    big = b"x" * (1024 * 1024 + 1)
+    big = b"x" * (4 * 1024 * 1024 + 1)  # the tests' batch.max_file_bytes + 1
     response = http.post("/v1/files", files={"file": ("big.jsonl", big)},
                          data={"purpose": "batch"})
     assert response.status_code == 413, response.text
-    assert response.json()["error"]["code"] in ("file_too_large", "request_too_large")
+    assert response.json()["error"]["code"] == "file_too_large"
+    assert response.json()["error"]["param"] == "file"
+
+
+def test_a_multi_mib_file_streams_up_and_back_byte_identical(client, http):
+    """3 MiB of requests (non-ASCII text, so characters straddle the 1 MiB chunks) are
+    kept and read back as sent, with their length declared."""
+    data, n = b"", 0
+    while len(data) < 3 * 1024 * 1024:
+        line = chat_line(f"big{n}", "Größe 漢字 " * 20)
+        data += json.dumps(line, ensure_ascii=False).encode() + b"\n"
+        n += 1
+    uploaded = client.files.create(file=("big.jsonl", data), purpose="batch")
+    assert uploaded.bytes == len(data)
+    assert client.files.content(uploaded.id).read() == data
+    response = http.get(f"/v1/files/{uploaded.id}/content")
+    assert response.headers["content-length"] == str(len(data))
+    assert response.headers["content-type"] == "application/octet-stream"
+    client.files.delete(uploaded.id)
+    missing = http.get(f"/v1/files/{uploaded.id}/content")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
 
 
 def test_batch_lines_are_counted_in_metrics(client, http):

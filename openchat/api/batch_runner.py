@@ -22,12 +22,14 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any, BinaryIO
 
 from openchat.access.budget import TokenBudget
 from openchat.api.batch_lines import LineExecutor
 from openchat.config import BatchSettings
 from openchat.generation.engine import PRIORITY
 from openchat.protocol.batches import (
+    BatchInputLine,
     batch_errors,
     batch_usage,
     body_model,
@@ -133,15 +135,14 @@ class BatchRunner:
         """Check a new batch's input file: start it with its lines (a line whose body is
         over the body limit is answered 413 at once, as the live route would), or fail it
         with OpenAI's `errors` when the file as a whole cannot run."""
-        data = await asyncio.to_thread(self._files().content, batch.input_file_id,
-                                       batch.owner)
-        if data is None:
+        opened = await asyncio.to_thread(self._files().open, batch.input_file_id,
+                                         batch.owner)
+        if opened is None:
             missing = APIError(f"The input file {batch.input_file_id} no longer exists.",
                                param="input_file_id", code="invalid_file")
             await asyncio.to_thread(store.fail, batch.id, batch_errors([missing]))
             return
-        lines, errors = await asyncio.to_thread(check_batch_file, data, batch.endpoint,
-                                                self.settings.max_lines)
+        lines, errors = await asyncio.to_thread(self._check, opened[1], batch.endpoint)
         if errors is not None:
             if await asyncio.to_thread(store.fail, batch.id, errors):
                 logger.info("batch %s failed validation: %s", batch.id,
@@ -158,6 +159,12 @@ class BatchRunner:
             store.start, batch.id, [(line.number, line.custom_id, line.url, line.body)
                                     for line in lines],
             model=body_model(lines[0].body), answered=answered)
+
+    def _check(self, handle: BinaryIO, endpoint: str,
+               ) -> tuple[list[BatchInputLine], dict[str, Any] | None]:
+        """The input file read from disk a line at a time (only its parsed lines are kept)."""
+        with handle:
+            return check_batch_file(handle, endpoint, self.settings.max_lines)
 
     async def _idle(self) -> None:
         """Until the poll interval passes or a line finishes (its slot is free again)."""

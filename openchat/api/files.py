@@ -9,19 +9,22 @@
 
 An upload is checked whole before it is kept: JSONL, every line a request with a unique
 `custom_id`, method POST, a batch endpoint's url and an object body (400 naming the first
-bad line), at most `batch.max_file_bytes` (413). Every file belongs to the calling key.
-A file given `expires_after` (1 hour to 30 days after its creation) is not found once it
-has expired; the batch runner deletes it.
+bad line), at most `batch.max_file_bytes` (413). Uploads and downloads move in chunks
+between disk and the network, so neither is ever whole in memory. Every file belongs to
+the calling key. A file given `expires_after` (1 hour to 30 days after its creation) is
+not found once it has expired; the batch runner deletes it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import os
+from collections.abc import AsyncIterator, Callable
+from typing import BinaryIO
 
 from fastapi import Depends, File, Form, Request, UploadFile
 from pydantic import ValidationError
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from openchat.access.scopes import BATCH_SCOPE
 from openchat.api.routing import Router, caller_key_id, error_responses
@@ -31,10 +34,10 @@ from openchat.protocol.batches import (
     MIN_EXPIRY_S,
     ExpiresAfter,
     FileListQuery,
-    parse_batch_file,
+    read_batch_lines,
 )
 from openchat.protocol.errors import APIError, invalid_param
-from openchat.storage.files import FileStore, StoredFile
+from openchat.storage.files import CHUNK_BYTES, FileStore, FileTooLarge, StoredFile
 
 BATCH = frozenset({BATCH_SCOPE})
 
@@ -51,14 +54,15 @@ def add_file_routes(router: Router, files: Callable[[], FileStore],
             raise invalid_param("purpose", f"purpose {purpose!r} is not supported here; "
                                 "files are for batches: use 'batch'.")
         expiry = _expires_after(anchor, seconds)
-        data = await file.read(settings.max_file_bytes + 1)
-        if len(data) > settings.max_file_bytes:
+        try:
+            saved = await asyncio.to_thread(
+                files().save_stream, file.file, file.filename or "batch.jsonl", "batch",
+                caller_key_id(request), None if expiry is None else expiry.seconds,
+                max_bytes=settings.max_file_bytes,
+                check=lambda written: _check_upload(written, settings.max_lines))
+        except FileTooLarge:
             raise APIError(f"The file is larger than {settings.max_file_bytes} bytes.",
-                           status=413, param="file", code="file_too_large")
-        await asyncio.to_thread(parse_batch_file, data, settings.max_lines)
-        saved = await asyncio.to_thread(files().save, data, file.filename or "batch.jsonl",
-                                        "batch", caller_key_id(request),
-                                        None if expiry is None else expiry.seconds)
+                           status=413, param="file", code="file_too_large") from None
         return saved.as_object()
 
     @router.get("/v1/files", scopes=BATCH)
@@ -84,10 +88,13 @@ def add_file_routes(router: Router, files: Callable[[], FileStore],
                     200: {"description": "The file's bytes (JSONL for batch files).",
                           "content": {"application/octet-stream": {}}}})
     async def file_content(file_id: str, request: Request) -> Response:
-        data = await asyncio.to_thread(files().content, file_id, caller_key_id(request))
-        if data is None:
+        opened = await asyncio.to_thread(files().open, file_id, caller_key_id(request))
+        if opened is None:
             raise _not_found(file_id)
-        return Response(data, media_type="application/octet-stream")
+        handle = opened[1]
+        size = os.fstat(handle.fileno()).st_size
+        return StreamingResponse(_chunks(handle), media_type="application/octet-stream",
+                                 headers={"Content-Length": str(size)})
 
     @router.delete("/v1/files/{file_id}", scopes=BATCH, label="/v1/files/{id}")
     async def delete_file(file_id: str, request: Request) -> dict:
@@ -108,6 +115,20 @@ def _expires_after(anchor: str | None, seconds: str | None) -> ExpiresAfter | No
         raise invalid_param(f"expires_after[{field}]", "expires_after needs anchor "
                             f"'created_at' and seconds from {MIN_EXPIRY_S} to "
                             f"{MAX_EXPIRY_S} (1 hour to 30 days).") from None
+
+
+def _check_upload(written: BinaryIO, max_lines: int) -> None:
+    """The upload's lines, checked one at a time as its batch will read them."""
+    for _ in read_batch_lines(written, max_lines):
+        pass
+
+
+async def _chunks(handle: BinaryIO) -> AsyncIterator[bytes]:
+    try:
+        while chunk := await asyncio.to_thread(handle.read, CHUNK_BYTES):
+            yield chunk
+    finally:
+        handle.close()
 
 
 async def _stored(files: FileStore, file_id: str, owner: str | None) -> StoredFile:

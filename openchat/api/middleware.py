@@ -2,7 +2,8 @@
 route scopes, per-key rate limits, token metering and the audit log.
 
 Order for each HTTP request: an `X-Request-ID` is taken or made (and returned); a body
-over `auth.max_body_bytes` is refused with 413 before it is read in full; the key in
+over `auth.max_body_bytes` is refused with 413 before it is read in full (a file upload
+of declared length is not held here: it streams to its route); the key in
 `Authorization: Bearer` is checked (401) against the scopes its route declares (403,
 routing.py); the key's limits admit the request or answer 429 (access/ratelimit.py),
 reserving tokens for it; the app runs with a fresh UsageMeter (telemetry/usage.py); at
@@ -95,12 +96,14 @@ class AccessMiddleware:
                     raise _busy(self.traffic.max_concurrency)
             key = await self._authenticate(scope, route)  # before reading a stranger's body
             _check_content_type(scope)
-            body = await self._read_body(scope, receive, route)
-            fields = _json_fields(body)
+            size = _streamed_size(scope, route)
+            if size is None:
+                body = await self._read_body(scope, receive, route)
+                fields, size, receive = _json_fields(body), len(body), _replay(body, receive)
             if key is not None:
-                ticket = await self._admit(key, fields, len(body))
+                ticket = await self._admit(key, fields, size)
                 response.extra_headers = ticket.headers
-            await self._run_app(scope, _replay(body, receive), response)
+            await self._run_app(scope, receive, response)
         except APIError as error:
             if error.headers:
                 response.extra_headers = error.headers
@@ -293,6 +296,18 @@ def _openai_error(status: int, body: bytes) -> bytes:
                 if isinstance(item, dict) else str(item) for item in items if item]
     error = APIError("; ".join(messages) or "Request failed.", status=status)
     return json.dumps(error.body()).encode()
+
+
+def _streamed_size(scope, route: RouteSpec) -> int | None:
+    """The declared length of a file upload (a route with its own body limit) that is
+    within that limit: its body streams to the route instead of being held here (the
+    server reads no more than declared). None for every other body, read whole."""
+    declared = _header(scope, b"content-length")
+    if route.max_body is None or not declared or not declared.isdigit():
+        return None
+    if int(declared) > route.max_body:
+        raise _too_large(route.max_body)
+    return int(declared)
 
 
 def _replay(body: bytes, receive):

@@ -10,6 +10,7 @@ model when it runs, and a bad one becomes an error line of the batch, not a fail
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -82,32 +83,52 @@ def bad_line(number: int, message: str, code: str) -> APIError:
     return BadLine(number, message, code)
 
 
-def parse_batch_file(data: bytes, max_lines: int) -> list[BatchInputLine]:
-    """The requests of a batch input file, or a 400 naming the first bad line. Blank lines
-    are skipped (a trailing newline is common)."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise APIError("The file is not UTF-8 text; a batch file is JSONL.", param="file",
-                       code="invalid_file_format") from None
-    lines: list[BatchInputLine] = []
+def read_batch_lines(pieces: Iterable[bytes], max_lines: int) -> Iterator[BatchInputLine]:
+    """The requests of a batch input file as they are read, or a 400 naming the first bad
+    line. `pieces`: the file's bytes cut only after a newline (a binary file's lines), so
+    a line or a UTF-8 character is never split. Nothing but the custom_ids is kept.
+    Blank lines are skipped (a trailing newline is common).
+
+    A file that is not UTF-8 is refused as such even if an earlier line is bad: after the
+    first bad line the rest is only decoded, as a whole-file check would have."""
+    problem: APIError | None = None
     seen: set[str] = set()
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
+    number = 0
+    for piece in pieces:
+        try:
+            text = piece.decode("utf-8")
+        except UnicodeDecodeError:
+            raise APIError("The file is not UTF-8 text; a batch file is JSONL.",
+                           param="file", code="invalid_file_format") from None
+        if problem is not None:
             continue
-        line = _parse_line(number, raw)
-        if line.custom_id in seen:
-            raise bad_line(number, f"custom_id {line.custom_id!r} is not unique in the file.",
-                           "duplicate_custom_id")
-        seen.add(line.custom_id)
-        lines.append(line)
-        if len(lines) > max_lines:
-            raise APIError(f"The file has more than {max_lines} requests; split it.",
-                           param="file", code="too_many_requests")
-    if not lines:
+        for raw in text.splitlines():  # the line breaks str.splitlines knows, as before
+            number += 1
+            if not raw.strip():
+                continue
+            try:
+                line = _parse_line(number, raw)
+                if line.custom_id in seen:
+                    raise bad_line(number, f"custom_id {line.custom_id!r} is not unique in "
+                                   "the file.", "duplicate_custom_id")
+                if len(seen) >= max_lines:
+                    raise APIError(f"The file has more than {max_lines} requests; split it.",
+                                   param="file", code="too_many_requests")
+            except APIError as error:
+                problem = error
+                break
+            seen.add(line.custom_id)
+            yield line
+    if problem is not None:
+        raise problem
+    if not seen:
         raise APIError("The file has no requests; a batch file has one JSON request per "
                        "line.", param="file", code="empty_file")
-    return lines
+
+
+def parse_batch_file(data: bytes, max_lines: int) -> list[BatchInputLine]:
+    """The requests of a whole batch input file in memory (see read_batch_lines)."""
+    return list(read_batch_lines([data], max_lines))
 
 
 def _parse_line(number: int, raw: str) -> BatchInputLine:
@@ -150,13 +171,15 @@ def batch_errors(problems: list[APIError]) -> dict[str, Any]:
         for problem in problems[:100]]}
 
 
-def check_batch_file(data: bytes, endpoint: str, max_lines: int,
+def check_batch_file(source: bytes | Iterable[bytes], endpoint: str, max_lines: int,
                      ) -> tuple[list[BatchInputLine], dict[str, Any] | None]:
     """A batch's validation: its input file's requests, or None and the batch's `errors`
     when the file as a whole cannot run (not JSONL, a bad or duplicate line, empty, too
-    long, or lines for another endpoint than the batch's: every such line is named)."""
+    long, or lines for another endpoint than the batch's: every such line is named).
+    `source`: the file's bytes, or its lines as read_batch_lines takes them."""
+    pieces = [source] if isinstance(source, bytes) else source
     try:
-        lines = parse_batch_file(data, max_lines)
+        lines = list(read_batch_lines(pieces, max_lines))
     except APIError as problem:
         return [], batch_errors([problem])
     wrong = [BadLine(line.number, f"the line's url {line.url!r} is not the batch's "

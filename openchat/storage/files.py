@@ -1,6 +1,8 @@
 """Files for the Batch API: uploaded batch input files and the output and error files the
 batch runner writes. Metadata in SQL (sqlmodel: SQLite, or PostgreSQL shared by replicas),
 bytes in a directory (`batch.files_dir`, a shared volume for replicas), one file per id.
+Uploads and downloads move in chunks (save_stream, open), never whole in memory; save
+and content hold a whole file (the runner's outputs, tests).
 
 A file belongs to the API key that uploaded it, or that owns the batch it came out of
 (`owner`); every lookup filters on it, so another key's file is simply not found (404).
@@ -13,14 +15,15 @@ runner calls it every round) deletes its row and bytes.
 
 from __future__ import annotations
 
+import io
 import os
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from sqlalchemy import Engine, Table, inspect, or_, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -30,6 +33,13 @@ from sqlmodel import Field, Session, SQLModel, col, select
 from openchat.databases import UTCDateTime, create_tables, open_engine
 
 Purpose = Literal["batch", "batch_output"]
+CHUNK_BYTES = 1024 * 1024  # what an upload or a download holds in memory at a time
+
+
+class FileTooLarge(ValueError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the file is larger than {limit} bytes")
+        self.limit = limit
 
 
 class FilesModel(SQLModel, registry=registry()):
@@ -92,21 +102,48 @@ class FileStore:
 
     def save(self, data: bytes, filename: str, purpose: Purpose,
              owner: str | None, expires_after_s: int | None = None) -> StoredFile:
-        """Bytes first (written aside, then renamed), then the row: a file listed is whole.
-        `expires_after_s`: it expires that many seconds after its creation."""
+        """A file made in memory (a batch's output); see save_stream."""
+        return self.save_stream(io.BytesIO(data), filename, purpose, owner, expires_after_s)
+
+    def save_stream(self, source: BinaryIO, filename: str, purpose: Purpose,
+                    owner: str | None, expires_after_s: int | None = None, *,
+                    max_bytes: int | None = None,
+                    check: Callable[[BinaryIO], object] | None = None) -> StoredFile:
+        """Copy `source` in chunks (memory stays at one chunk whatever its size) aside,
+        `check` it there (read from the start; whatever it raises refuses the file), then
+        rename it and add the row: a file listed is whole, and a refused one leaves nothing.
+        FileTooLarge as soon as more than `max_bytes` came. `expires_after_s`: it expires
+        that many seconds after its creation."""
         file_id = new_id("file-")
         path = self._path(file_id)
         partial = path.with_suffix(".partial")
-        partial.write_bytes(data)
-        os.replace(partial, path)
+        try:
+            size = 0
+            with partial.open("wb") as out:
+                while chunk := source.read(CHUNK_BYTES):
+                    size += len(chunk)
+                    if max_bytes is not None and size > max_bytes:
+                        raise FileTooLarge(max_bytes)
+                    out.write(chunk)
+            if check is not None:
+                with partial.open("rb") as written:
+                    check(written)
+            os.replace(partial, path)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         now = datetime.now(UTC)
         row = StoredFile(id=file_id, owner=owner, filename=filename[:512], purpose=purpose,
-                         bytes=len(data), created_at=now,
+                         bytes=size, created_at=now,
                          expires_at=None if expires_after_s is None
                          else now + timedelta(seconds=expires_after_s))
-        with Session(self._engine, expire_on_commit=False) as session:
-            session.add(row)
-            session.commit()
+        try:
+            with Session(self._engine, expire_on_commit=False) as session:
+                session.add(row)
+                session.commit()
+        except BaseException:  # no row: its bytes would never be found nor purged
+            path.unlink(missing_ok=True)
+            raise
         return row
 
     def get(self, file_id: str, owner: str | None) -> StoredFile | None:
@@ -117,11 +154,20 @@ class FileStore:
         return row
 
     def content(self, file_id: str, owner: str | None) -> bytes | None:
+        opened = self.open(file_id, owner)
+        if opened is None:
+            return None
+        with opened[1] as handle:
+            return handle.read()
+
+    def open(self, file_id: str, owner: str | None) -> tuple[StoredFile, BinaryIO] | None:
+        """The file's row and its bytes opened for reading (the caller closes them), or
+        None. Once open, the bytes stay readable even if the file is deleted meanwhile."""
         row = self.get(file_id, owner)
         if row is None:
             return None
         try:
-            return self._path(row.id).read_bytes()
+            return row, self._path(row.id).open("rb")
         except FileNotFoundError:  # deleted meanwhile
             return None
 

@@ -99,3 +99,33 @@ def test_tools_beside_response_format_give_calls_or_checked_content():
     with pytest.raises(APIError) as excinfo:
         wrong.finish("stop")
     assert excinfo.value.code == "structured_output_invalid"
+
+
+def test_a_named_calls_opening_is_prefilled_and_read_before_the_engine_text():
+    import json
+    from dataclasses import replace
+
+    named = plan_tools([ADD], {"type": "function", "function": {"name": "add"}}, True)
+    assert named.determined_start() == '<tool_call>{"name":"add","arguments":'
+    assert plan_tools([ADD], "required", True).determined_start() is None
+    plan = replace(named, prefilled=named.determined_start())
+    tag = json.loads(plan.structural_tag())["format"]
+    assert tag["type"] == "sequence"  # only the arguments and the close are decoded
+    assert tag["elements"][1] == {"type": "const_string", "value": "}</tool_call>"}
+
+    answer = Answer(0, plan)
+    events = answer.feed('{"a":')
+    assert isinstance(events[0], CallStart) and events[0].name == "add"
+    answer.feed("1}}</tool_call>")
+    assert answer.finish("stop") == "tool_calls"
+    assert [json.loads(c.arguments) for c in answer.calls()] == [{"a": 1}]
+    assert answer.content() == ""
+
+
+def test_a_prefilled_call_cut_before_any_engine_text_still_streams_its_start():
+    from dataclasses import replace
+
+    named = plan_tools([ADD], {"type": "function", "function": {"name": "add"}}, True)
+    answer = Answer(0, replace(named, prefilled=named.determined_start()))
+    assert answer.finish("length") == "length"
+    assert isinstance(answer.tail[0], CallStart) and answer.calls() == []

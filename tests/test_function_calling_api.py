@@ -221,3 +221,34 @@ def test_tools_with_response_format_give_a_call_or_matching_content(client):
     assert "<tool_call>" not in content
     if content:
         jsonschema.validate(json.loads(content), PERSON)
+
+
+def test_a_named_call_starts_at_once_and_decodes_only_its_arguments(client):
+    """With a named function the call's opening is determined, so the service writes it
+    into the prompt: the stream's first delta after the role names the function, and the
+    engine decodes only the arguments and the close (completion_tokens counts them)."""
+    from openchat.generation.template import OpenChatTokenizer, find_tokenizer_model
+    from tests.conftest import DEV_MODEL
+
+    stream = client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=TOOLS, seed=5, max_tokens=300, stream=True,
+        tool_choice={"type": "function", "function": {"name": "add"}},
+        stream_options={"include_usage": True})
+    chunks = list(stream)
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert deltas[0].role == "assistant"
+    first_call = deltas[1].tool_calls[0]
+    assert first_call.function.name == "add" and first_call.id.startswith("call_")
+    arguments = "".join(d.tool_calls[0].function.arguments or ""
+                        for d in deltas[1:] if d.tool_calls)
+    jsonschema.validate(json.loads(arguments), ADD_PARAMS)
+    assert chunks[-2].choices[0].finish_reason == "tool_calls"
+
+    tokenizer = OpenChatTokenizer(find_tokenizer_model(str(DEV_MODEL)))
+    decoded = len(tokenizer.encode(arguments + "}</tool_call>")) + 1  # and end_of_turn
+    opening = len(tokenizer.encode('<tool_call>{"name":"add","arguments":'))
+    assert opening >= 10
+    # A random model spells constrained JSON with more, shorter tokens than a separate
+    # encoding of the same text, but decoding the opening too would cost at least its
+    # own tokens more.
+    assert chunks[-1].usage.completion_tokens < decoded + opening

@@ -43,10 +43,12 @@ def test_named_server_tool_runs_and_the_model_answers_after_it(http):
     assert trace[0]["name"] == "describe_table" and trace[0]["status"] == "ok"
     assert trace[0]["step"] == 0 and trace[0]["duration_ms"] >= 0
     table = trace[0]["arguments"]["table"]
-    columns = {c["name"] for c in json.loads(trace[0]["result"])["columns"]}
+    # The trace shows the first 500 characters of a result: "orders" runs longer.
+    result = trace[0]["result"]
     expected = {"customers": {"email", "country"}, "products": {"price", "category"},
                 "orders": {"customer_id", "quantity"}}
-    assert expected[table] <= columns
+    assert result.startswith(f'{{"table":"{table}","columns":[')
+    assert all(f'"name":"{column}"' in result for column in expected[table])
     choice = body["choices"][0]
     assert choice["finish_reason"] in ("stop", "length")
     assert choice["message"].get("tool_calls") in (None, [])
@@ -57,11 +59,18 @@ def test_named_server_tool_runs_and_the_model_answers_after_it(http):
 
 def test_a_failing_tool_becomes_its_result_not_a_failed_request(http):
     # The dev model writes gibberish SQL: the database's error is what the model reads.
-    response = _chat(http, server_tools=["sql_query"], tool_choice=_named("sql_query"),
-                     max_tokens=64, seed=2, max_tool_steps=2)
-    assert response.status_code == 200, response.text
-    trace = response.json()["server_tool_calls"]
-    assert trace and trace[0]["name"] == "sql_query"
+    # Where its SQL string closes is luck (68 tokens for seed 0), so the call has room and
+    # a few seeds are tried.
+    traces = []
+    for seed in range(4):
+        response = _chat(http, server_tools=["sql_query"], tool_choice=_named("sql_query"),
+                         max_tokens=200, seed=seed, max_tool_steps=2)
+        assert response.status_code == 200, response.text
+        traces.append(response.json()["server_tool_calls"])
+        if traces[-1]:
+            break
+    trace = traces[-1]
+    assert trace and trace[0]["name"] == "sql_query", traces
     assert trace[0]["status"] == "error" and "error" in json.loads(trace[0]["result"])
 
 

@@ -43,6 +43,11 @@ class Answer:
         self.text = ""
         self.tail: list[AnswerEvent] = []  # events flushed by finish()
         self._content: list[str] = []
+        # A named call's opening was written into the prompt (ToolPlan.prefilled): the
+        # parser reads it first, and its events go out with the first engine delta.
+        self._opening: list[AnswerEvent] = []
+        if plan is not None and plan.prefilled:
+            self._opening = self.feed(plan.prefilled)
 
     def feed(self, delta: str) -> list[AnswerEvent]:
         """The events one engine delta makes: content text, tool-call starts, arguments."""
@@ -52,13 +57,17 @@ class Answer:
             self.text += delta
         if self.parser is None:
             return [TextDelta(delta)] if delta else []
-        return self._record(self.parser.feed(delta))
+        events = self._record(self.parser.feed(delta))
+        if self._opening:
+            events, self._opening = self._opening + events, []
+        return events
 
     def finish(self, engine_reason: str | None) -> str:
         """OpenAI's finish_reason, after verifying what the engine finished."""
         reason = FINISH_REASONS.get(engine_reason or "stop", "stop")
         if self.parser is not None:
-            self.tail = self._record(self.parser.finish(cut=reason != "stop"))
+            self.tail = self._opening + self._record(self.parser.finish(cut=reason != "stop"))
+            self._opening = []
         if reason != "stop":
             return reason  # cut short: nothing claims to be complete
         if self.parser is not None and self.parser.complete_calls:

@@ -213,8 +213,28 @@ def _compile_grammar(kind: str, source: str, param: str):
                        code=f"invalid_{kind}") from None
 
 
+def compact_json_format(schema: dict[str, Any]) -> dict[str, Any]:
+    """A structural-tag format for JSON matching `schema` written compactly, with no
+    whitespace outside strings. A tag's `json_schema` format allows a whitespace character
+    between any two tokens (`max_whitespace_cnt` cannot be 0), and a model takes that
+    freedom: the dev model spent 62 tokens on a two-field call that compact JSON writes in
+    about 26. Plain response_format JSON is compact already (the engine's
+    `disable_any_whitespace`); this makes tool arguments the same."""
+    text = json.dumps(schema)
+    ebnf = (_compact_ebnf_cached if len(text) <= _CACHED_TEXT_CHARS else _compact_ebnf)(text)
+    return {"type": "grammar", "grammar": ebnf}
+
+
+def _compact_ebnf(text: str) -> str:
+    import xgrammar
+
+    return str(xgrammar.Grammar.from_json_schema(text, any_whitespace=False,
+                                                 separators=(",", ":")))
+
+
 _check_schema_cached = functools.lru_cache(maxsize=_CACHED_ITEMS)(_check_schema)
 _compile_cached = functools.lru_cache(maxsize=_CACHED_ITEMS)(_compile_grammar)
+_compact_ebnf_cached = functools.lru_cache(maxsize=_CACHED_ITEMS)(_compact_ebnf)
 
 
 def schema_instruction(schema: dict[str, Any] | None) -> str:

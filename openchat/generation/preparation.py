@@ -9,7 +9,7 @@ A `Preparer` knows only settings, the template and the context length; it raises
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from openchat.config import Preset, Settings
@@ -93,12 +93,16 @@ class Preparer:
             if constraint is not None and constraint.instruction:
                 instruction += "\nIf you answer without calling a function: " + \
                     constraint.instruction
+            start = plan.determined_start()
+            if start and request.messages[-1].role != "assistant":  # not already continuing one
+                plan = replace(plan, prefilled=start)
             structured = StructuredOutputsParams(structural_tag=plan.structural_tag(
                 constraint.schema if constraint is not None else None))
         else:
             instruction = constraint.instruction if constraint else None
             structured = constraint.params if constraint else None
-        prompt_ids = self.chat_prompt(request.messages, preset, request.condition, instruction)
+        prompt_ids = self.chat_prompt(request.messages, preset, request.condition, instruction,
+                                      plan.prefilled if plan is not None else "")
         max_tokens = self._max_tokens(len(prompt_ids), request.requested_max_tokens())
         params = request.to_sampling_params(
             max_tokens=max_tokens, defaults=preset.sampling, logprobs=request.logprobs_count(),
@@ -123,9 +127,10 @@ class Preparer:
         return PreparedCompletion(prompts, params, constraint)
 
     def chat_prompt(self, messages: list[ChatMessage], preset: Preset,
-                    condition: str | None, instruction: str | None = None) -> list[int]:
+                    condition: str | None, instruction: str | None = None,
+                    answer_start: str = "") -> list[int]:
         """Token ids for a chat request; `instruction` (e.g. the JSON schema to follow)
-        joins the end of the system block."""
+        joins the end of the system block; `answer_start` opens the assistant's answer."""
         if len(messages) > self.settings.limits.max_messages:
             raise invalid_param("messages", f"At most {self.settings.limits.max_messages} "
                                 "messages are allowed.")
@@ -135,6 +140,8 @@ class Preparer:
             turns.insert(0, Turn(role="system", content=preset.system_prompt))
         if instruction:
             turns.append(Turn(role="system", content=instruction))
+        if answer_start:
+            turns.append(Turn(role="assistant", content=answer_start))
         return self.template.render_chat(turns, condition or preset.condition)
 
     # -- checks -----------------------------------------------------------------------------

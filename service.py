@@ -24,6 +24,7 @@ from openchat.api.drain import Drain
 from openchat.api.middleware import AccessMiddleware
 from openchat.api.routing import RouteTable, declare_bentoml_routes
 from openchat.config import Condition, get_settings
+from openchat.generation.engine import INTERACTIVE
 from openchat.generation.pipeline import Pipeline
 from openchat.generation.retrieval import AskResult
 from openchat.protocol.errors import APIError
@@ -179,12 +180,14 @@ class OpenChat:
         """If the engine dies, start a new one in this worker; meanwhile readiness fails
         and requests get 503 at once (the port keeps answering). Start the batch runner
         (openchat/api/batch_runner.py); it claims no new line while the worker drains or
-        while interactive requests are in flight (batch.yield_to_interactive)."""
+        while interactive requests are in flight (batch.yield_to_interactive), and hands
+        back the lines it runs when one reaches the engine (batch.preempt_for_interactive)."""
         self._watchdog = asyncio.create_task(self.engine.watch(self._on_engine_death))
         DRAIN.install(on_expired=lambda: self.engine.abort_all())
         yielding = SETTINGS.batch.yield_to_interactive
-        openai_app.state.batch_runner.start(
-            hold=lambda: DRAIN.draining or (yielding and DRAIN.in_flight > 0))
+        runner = openai_app.state.batch_runner
+        runner.start(hold=lambda: DRAIN.draining or (yielding and INTERACTIVE.in_flight > 0))
+        INTERACTIVE.listen(runner.preempt)
 
     def _on_engine_death(self) -> None:
         global _restarting

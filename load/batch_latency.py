@@ -8,6 +8,7 @@ their ratio, and how many batch lines finished meanwhile (the idle capacity it u
 
 Usage:  .venv/bin/python load/batch_latency.py                    # -> load/batch_latency.json
         .venv/bin/python load/batch_latency.py --rate 4 --lines 400
+        .venv/bin/python load/batch_latency.py --set OPENCHAT_BATCH__PREEMPT_FOR_INTERACTIVE=false
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import io
 import json
 import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -69,16 +71,17 @@ def summary(latencies: list[float]) -> dict:
             "p95_ms": round(pct(latencies, 0.95) * 1000, 1)}
 
 
-async def run(target, args) -> dict:
-    await target.wait_ready(args.startup_timeout)
-    await interactive_load(target, args.rate, 5, seed=0)  # warm-up
-    alone = summary(await interactive_load(target, args.rate, args.duration, seed=1))
+async def one_round(target, args, seed: int) -> dict:
+    """The same interactive load alone, then while a fresh batch runs."""
+    alone = summary(await interactive_load(target, args.rate, args.duration, seed=seed))
     client, batch_id = start_batch(target, args.lines, args.line_tokens)
     await asyncio.sleep(3)  # the runner has claimed its first lines
     before = client.batches.retrieve(batch_id).request_counts
-    with_batch = summary(await interactive_load(target, args.rate, args.duration, seed=1))
+    with_batch = summary(await interactive_load(target, args.rate, args.duration, seed=seed))
     after = client.batches.retrieve(batch_id).request_counts
     client.batches.cancel(batch_id)
+    while client.batches.retrieve(batch_id).status not in ("cancelled", "completed"):
+        await asyncio.sleep(0.5)  # its lines in flight end before the next "alone"
     return {
         "interactive_alone": alone,
         "interactive_with_batch": with_batch,
@@ -89,6 +92,22 @@ async def run(target, args) -> dict:
     }
 
 
+async def run(target, args) -> dict:
+    await target.wait_ready(args.startup_timeout)
+    await interactive_load(target, args.rate, 5, seed=0)  # warm-up
+    rounds = []
+    for number in range(1, args.rounds + 1):
+        rounds.append(await one_round(target, args, seed=number))
+        print(f"round {number}: {json.dumps(rounds[-1])}", flush=True)
+    median = statistics.median
+    return {
+        "rounds": rounds,
+        "p95_ratio_median": median(r["p95_ratio"] for r in rounds),
+        "p50_ratio_median": median(r["p50_ratio"] for r in rounds),
+        "batch_lines_per_s_median": median(r["batch_lines_per_s"] for r in rounds),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_target_arguments(p)
@@ -96,6 +115,11 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=40)
     p.add_argument("--lines", type=int, default=400)
     p.add_argument("--line-tokens", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=3, help="alone/with-batch pairs; the "
+                   "report gives the median of their ratios")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a service setting for this run, e.g. "
+                   "OPENCHAT_BATCH__PREEMPT_FOR_INTERACTIVE=false")
     p.add_argument("--out", default=str(ROOT / "load" / "batch_latency.json"))
     args = p.parse_args()
 
@@ -103,6 +127,7 @@ def main() -> None:
     target = make_targets(args, tmp)["service"]
     target.env["OPENCHAT_BATCH__STORE_URL"] = f"sqlite:///{tmp}/batches.db"
     target.env["OPENCHAT_BATCH__FILES_DIR"] = str(tmp / "files")
+    target.env.update(setting.split("=", 1) for setting in args.set)
     target.start()
     try:
         result = asyncio.run(run(target, args))
@@ -110,6 +135,7 @@ def main() -> None:
         target.stop()
     report = {
         **provenance(args),
+        "settings": args.set,
         "logs": str(tmp),
         **result,
     }

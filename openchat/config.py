@@ -228,6 +228,13 @@ class BatchSettings(BaseModel):
                                        "interactive request is in flight on this worker: "
                                        "batch lines fill the idle time. Priority alone "
                                        "let a running batch slow interactive answers.")
+    preempt_for_interactive: bool = Field(True, description="When an interactive request "
+                                          "reaches the engine, abort the batch lines running "
+                                          "and hand them back to the queue: they start over "
+                                          "later, so batch work only ever fills idle time.")
+    max_preemptions: int = Field(3, ge=0, description="A line is preempted at most this "
+                                 "many times; then it runs to its end, so that a long line "
+                                 "still finishes under steady traffic.")
     poll_interval_s: float = Field(1.0, gt=0, description="How often an idle runner looks "
                                    "for lines to claim.")
     lease_s: float = Field(60, ge=5, description="A claimed line whose runner has not "

@@ -6,6 +6,7 @@ validates before it runs; files expire; batch lines count against the key's toke
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 
@@ -353,3 +354,32 @@ def test_batch_lines_wait_while_an_interactive_request_runs(client, base_url):
     # The client hung up: the interactive request ends and the batch runs.
     done = wait(client, batch.id, timeout=60)
     assert done.status == "completed" and done.request_counts.completed == 1, done
+
+
+def test_an_interactive_request_preempts_a_running_line_which_still_completes(client, http):
+    """batch.preempt_for_interactive: a line running when an interactive request reaches
+    the engine is aborted and handed back; it starts over later, and its batch completes
+    with the line answered once."""
+    long_line = {"custom_id": "long", "method": "POST", "url": "/v1/chat/completions",
+                 "body": {"model": MODEL, "max_tokens": 400, "ignore_eos": True,
+                          "messages": [{"role": "user", "content": "Write a long story."}]}}
+    batch = client.batches.create(input_file_id=upload(client, [long_line]).id,
+                                  endpoint="/v1/chat/completions", completion_window="24h")
+    ask = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+
+    def preemptions() -> float:
+        found = re.search(r"^openchat_batch_preemptions_total (\S+)$",
+                          http.get("/metrics").text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    before = preemptions()
+    deadline = time.monotonic() + 30
+    while preemptions() == before:  # until an interactive request met the line running
+        assert time.monotonic() < deadline, "no line was preempted"
+        assert http.post("/v1/chat/completions", json=ask).status_code == 200
+        time.sleep(0.3)
+    done = wait(client, batch.id, timeout=120)
+    assert done.status == "completed" and done.request_counts.completed == 1, done
+    (line,) = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
+    assert line["custom_id"] == "long"
+    assert line["response"]["body"]["usage"]["completion_tokens"] == 400

@@ -233,3 +233,64 @@ def test_lines_charge_their_keys_tokens_and_wait_while_its_window_is_spent(tmp_p
 
     asyncio.run(scenario())
     assert store.get(spent.id, None).completed == 2 and len(ran) == 4
+
+
+def test_an_interactive_request_preempts_running_lines_which_start_over(tmp_path):
+    """preempt() aborts the lines running and hands them back; they run again from the
+    start, and a line preempted max_preemptions times already is left to finish."""
+    store, files = stores(tmp_path)
+    batch = create(store, 2)
+    started: list[int] = []
+    cancelled: list[int] = []
+    release = asyncio.Event()
+
+    async def execute(url, body, scopes):
+        n = json.loads(body)["n"]
+        started.append(n)
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            cancelled.append(n)
+            raise
+        return 200, {"n": n}
+
+    settings = SETTINGS.model_copy(update={"max_preemptions": 1})
+
+    async def scenario():
+        runner = BatchRunner(settings, lambda: store, lambda: files, execute, lambda: True)
+        runner.start()
+        await until(lambda: len(started) == 2)
+        assert runner.preempt() == 2
+        await until(lambda: len(started) == 4)  # handed back, claimed and begun again
+        assert sorted(cancelled) == [0, 1]
+        assert runner.preempt() == 0  # each has been preempted once already: they finish
+        release.set()
+        await until(lambda: store.get(batch.id, None).status == "completed")
+        runner.stop()
+
+    asyncio.run(scenario())
+    assert sorted(started) == [0, 0, 1, 1]
+    done = store.get(batch.id, None)
+    assert (done.total, done.completed, done.failed) == (2, 2, 0)
+
+
+def test_preemption_can_be_turned_off(tmp_path):
+    store, files = stores(tmp_path)
+    create(store, 1)
+    running = asyncio.Event()
+
+    async def execute(url, body, scopes):
+        running.set()
+        await asyncio.sleep(0.2)
+        return 200, {}
+
+    settings = SETTINGS.model_copy(update={"preempt_for_interactive": False})
+
+    async def scenario():
+        runner = BatchRunner(settings, lambda: store, lambda: files, execute, lambda: True)
+        runner.start()
+        await running.wait()
+        assert runner.preempt() == 0
+        runner.stop()
+
+    asyncio.run(scenario())

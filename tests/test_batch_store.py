@@ -185,6 +185,21 @@ def test_lines_of_a_held_key_are_not_claimed(url):
     store.dispose()
 
 
+def test_keys_take_turns_so_a_large_batch_does_not_hold_back_another_keys(url):
+    store = BatchStore(url)
+    large = make(store, 6, owner="key1")
+    second = make(store, 2, owner="key1")
+    small = make(store, 2, owner="key2")
+    turns = [store.claim("w1", 1, LEASE)[0] for _ in range(4)]
+    assert [(line.batch_id, line.number) for line in turns] == [
+        (large.id, 1), (small.id, 1), (large.id, 2), (small.id, 2)]
+    together = store.claim("w1", 3, LEASE)  # key2 has nothing left: key1's, oldest first
+    assert [(line.batch_id, line.number) for line in together] == [
+        (large.id, 3), (large.id, 4), (large.id, 5)]
+    assert second.id not in {line.batch_id for line in together}
+    store.dispose()
+
+
 def test_each_line_is_claimed_once_then_finished_and_finalized(url, tmp_path):
     store = BatchStore(url)
     batch = make(store, 3)

@@ -9,6 +9,12 @@ a key whose token window is spent (access/budget.py), and deletes expired files.
 
 A line the engine could not take (503: starting, restarting, stopping) is handed back and
 runs again later; every other outcome, a 400 included, is the line's result.
+
+Batch work fills idle time only: no line is claimed while an interactive request is in
+flight, and when one reaches the engine the lines running are aborted and handed back
+(`preempt`, batch.preempt_for_interactive): vLLM's priorities order the queue but do not
+stop a running batch line from sharing every step, and so slowing, the interactive one.
+A line preempted `batch.max_preemptions` times runs to its end.
 """
 
 from __future__ import annotations
@@ -57,7 +63,9 @@ class BatchRunner:
         self.lease = timedelta(seconds=settings.lease_s)
         self._store, self._files, self._execute, self._ready = store, files, execute, ready
         self._budget, self._max_body_bytes = budget, max_body_bytes
-        self._lines: set[asyncio.Task] = set()
+        self._lines: dict[asyncio.Task, BatchLine] = {}
+        self._preempted: set[asyncio.Task] = set()
+        self._handing_back: set[asyncio.Task] = set()  # preempted lines' unclaims
         self._main: asyncio.Task | None = None
         self._batches: dict[str, StoredBatch | None] = {}  # of the lines in flight
         self._purged_at = float("-inf")
@@ -117,8 +125,43 @@ class BatchRunner:
         held = await self._spent(store)
         for line in await asyncio.to_thread(self._claim, store, free, held):
             task = asyncio.get_running_loop().create_task(self._run_line(store, line))
-            self._lines.add(task)
-            task.add_done_callback(self._lines.discard)
+            self._lines[task] = line
+            task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task) -> None:
+        line = self._lines.pop(task, None)
+        if task in self._preempted and line is not None and not self._stopping:
+            # Handed back here, not in the line's task: a task cancelled before its first
+            # step never runs its own except clause. A line that got as far as being kept
+            # is `done` and stays so (unclaim only touches running lines).
+            handing_back = asyncio.get_running_loop().create_task(self._hand_back(line))
+            self._handing_back.add(handing_back)
+            handing_back.add_done_callback(self._handing_back.discard)
+        self._preempted.discard(task)
+
+    async def _hand_back(self, line: BatchLine) -> None:
+        try:
+            await asyncio.to_thread(self._store().unclaim, line, self.worker)
+        except Exception:  # the database is down: the claim lapses after lease_s instead
+            logger.exception("could not hand back preempted batch line %s/%d",
+                             line.batch_id, line.number)
+
+    def preempt(self) -> int:
+        """An interactive request has reached the engine: abort the lines running (those
+        preempted fewer than `max_preemptions` times) so they take none of its steps; each
+        goes back to the queue and starts over later. How many were aborted."""
+        if not self.settings.preempt_for_interactive:
+            return 0
+        aborted = 0
+        for task, line in list(self._lines.items()):
+            # `attempt` counts the line's claims, this one included.
+            if line.attempt <= self.settings.max_preemptions and task not in self._preempted:
+                self._preempted.add(task)
+                task.cancel()
+                aborted += 1
+        if aborted:
+            metrics.BATCH_PREEMPTIONS.inc(aborted)
+        return aborted
 
     def _claim(self, store: BatchStore, n: int, held: set[str]) -> list[BatchLine]:
         with self._claiming:

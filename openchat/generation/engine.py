@@ -40,6 +40,32 @@ logger = logging.getLogger(__name__)
 PRIORITY: ContextVar[int] = ContextVar("openchat_engine_priority", default=0)
 
 
+class InteractiveTraffic:
+    """The engine's interactive requests (priority 0) in flight, and who is told when one
+    starts: the batch runner steps aside for them (api/batch_runner.py)."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self._listeners: list[Callable[[], None]] = []
+
+    def listen(self, on_start: Callable[[], None]) -> None:
+        self._listeners.append(on_start)
+
+    def started(self) -> None:
+        self.in_flight += 1
+        for on_start in self._listeners:
+            try:
+                on_start()
+            except Exception:  # a listener's fault must not fail the request
+                logger.exception("interactive traffic listener failed")
+
+    def ended(self) -> None:
+        self.in_flight -= 1
+
+
+INTERACTIVE = InteractiveTraffic()
+
+
 class ChoiceDelta(Protocol):
     """One choice's step, as vLLM's CompletionOutput carries it (DELTA output kind)."""
 
@@ -260,11 +286,14 @@ class VLLMEngine:
         from vllm.inputs import tokens_input
 
         submitted = time.perf_counter()
+        priority = PRIORITY.get()
         stream = self._llm.generate(tokens_input(prompt_ids), params, request_id,
-                                    priority=PRIORITY.get())
+                                    priority=priority)
         usage.add_prompt(len(prompt_ids))
         cache_counted = False
         self._running.add(request_id)
+        if priority == 0:
+            INTERACTIVE.started()
         try:
             async for output in stream:
                 if not cache_counted:  # the same count rides on every step
@@ -286,6 +315,8 @@ class VLLMEngine:
             logger.info("request %s aborted: the client went away", request_id)
             raise
         finally:
+            if priority == 0:
+                INTERACTIVE.ended()
             self._running.discard(request_id)
             await stream.aclose()  # closing vLLM's generator early aborts the request
 

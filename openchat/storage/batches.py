@@ -18,13 +18,14 @@ its final status: completed, cancelled (after `cancel`) or expired (past `expire
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, update
+from sqlalchemy import and_, exists, func, insert, or_, update
 from sqlmodel import Session, col, select
 
 from openchat.databases import create_tables, open_engine
@@ -45,6 +46,9 @@ class BatchStore:
         self.dialect = self._engine.dialect.name
         create_tables(self._engine, BatchesModel.metadata)
         add_missing_columns(self._engine, StoredBatch.__table__, ["output_expires_s"])
+        # Whose lines this store claimed last (claim's turns): owner -> turn number.
+        self._served: dict[str | None, int] = {}
+        self._turns = itertools.count()
 
     # -- the API's side --------------------------------------------------------------------
 
@@ -175,33 +179,50 @@ class BatchStore:
 
     def claim(self, worker: str, n: int, lease: timedelta,
               held: Collection[str] = ()) -> list[BatchLine]:
-        """Up to `n` lines for `worker` to run: pending ones of running batches, oldest
-        batch first, and lines whose claim has lapsed; none of batches owned by a key in
-        `held` (its token budget is spent for now)."""
+        """Up to `n` lines for `worker` to run: pending ones of running batches and lines
+        whose claim has lapsed, none of batches owned by a key in `held` (its token budget
+        is spent for now). Keys take turns, the one this store served longest ago first,
+        so one key's large batch does not hold back another's; within a key, its oldest
+        batch first, in line order."""
         now = datetime.now(UTC)
         runnable = or_(col(BatchLine.state) == "pending",
                        and_(col(BatchLine.state) == "running",
                             col(BatchLine.claimed_at) < now - lease))
-        query = (select(BatchLine).join(StoredBatch, col(StoredBatch.id) == BatchLine.batch_id)
-                 .where(StoredBatch.status == "in_progress", runnable,
-                        or_(col(StoredBatch.owner).is_(None),
-                            col(StoredBatch.owner).not_in(list(held))))
+        lines = (select(BatchLine).join(StoredBatch, col(StoredBatch.id) == BatchLine.batch_id)
+                 .where(StoredBatch.status == "in_progress", runnable)
                  .order_by(col(BatchLine.batch_id), col(BatchLine.number)).limit(n * 2))
         claimed: list[BatchLine] = []
         with Session(self._engine, expire_on_commit=False) as session:
-            for line in session.exec(query).all():
-                if len(claimed) == n:
-                    break
-                won = session.execute(update(BatchLine).where(
-                    col(BatchLine.batch_id) == line.batch_id,
-                    col(BatchLine.number) == line.number,
-                    col(BatchLine.attempt) == line.attempt, col(BatchLine.state) == line.state,
-                ).values(state="running", attempt=line.attempt + 1, claimed_by=worker,
-                         claimed_at=now))
-                session.commit()
-                if won.rowcount == 1:
-                    claimed.append(line)
+            owners = [owner for owner in session.exec(
+                select(StoredBatch.owner).distinct().where(
+                    StoredBatch.status == "in_progress",
+                    exists().where(col(BatchLine.batch_id) == StoredBatch.id, runnable)))
+                if owner is None or owner not in held]
+            queues = {owner: list(session.exec(lines.where(
+                col(StoredBatch.owner).is_(None) if owner is None
+                else StoredBatch.owner == owner)).all()) for owner in owners}
+            # Served longest ago first; among keys not served yet, the oldest batch first.
+            owners = sorted((owner for owner in owners if queues[owner]), key=lambda owner: (
+                self._served.get(owner, -1), queues[owner][0].batch_id))
+            while len(claimed) < n and any(queues.values()):
+                for owner in owners:
+                    if queues[owner] and len(claimed) < n:
+                        line = queues[owner].pop(0)
+                        if self._claim_line(session, line, worker, now):
+                            claimed.append(line)
+                            self._served[owner] = next(self._turns)
         return claimed
+
+    @staticmethod
+    def _claim_line(session: Session, line: BatchLine, worker: str, now: datetime) -> bool:
+        """Compare-and-set on the line's attempt and state: one runner wins it."""
+        won = session.execute(update(BatchLine).where(
+            col(BatchLine.batch_id) == line.batch_id, col(BatchLine.number) == line.number,
+            col(BatchLine.attempt) == line.attempt, col(BatchLine.state) == line.state,
+        ).values(state="running", attempt=line.attempt + 1, claimed_by=worker,
+                 claimed_at=now))
+        session.commit()
+        return won.rowcount == 1
 
     def heartbeat(self, worker: str) -> None:
         """Renew the claims of the lines `worker` is running."""

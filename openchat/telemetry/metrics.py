@@ -40,6 +40,8 @@ TOOL_DURATION = Histogram("openchat_tool_call_duration_seconds",
                           buckets=LATENCY_BUCKETS)
 BATCH_LINES = Counter("openchat_batch_lines", "Batch lines run, by outcome: completed "
                       "(status 200) or failed (an error line).", ["outcome"])
+BATCH_PREEMPTIONS = Counter("openchat_batch_preemptions", "Batch lines aborted and handed "
+                            "back because an interactive request reached the engine.")
 OPEN_STREAMS = Gauge("openchat_open_streams", "Streamed responses in progress.",
                      multiprocess_mode="livesum")
 

@@ -133,6 +133,8 @@ def _restart_worker() -> None:
     # Without an exporter BentoML's spans go nowhere, yet cost CPU on every request and
     # streamed chunk: skip them unless tracing is wanted (service.tracing).
     **({} if SETTINGS.service.tracing else {"tracing": {"excluded_urls": [".*"]}}),
+    # One log line per request is enough: the audit line (openchat.audit) has it all.
+    logging={"access": {"enabled": SETTINGS.service.access_log}},
 )
 @bentoml.asgi_app(openai_app, path="/")
 class OpenChat:

@@ -104,6 +104,10 @@ class ServiceSettings(BaseModel):
         "one per response message (every streamed chunk). BentoML exports spans only when "
         "its own `tracing` configuration names an exporter and a sample rate above 0; turn "
         "this on then. Off, the middleware passes requests straight through.")
+    access_log: bool = Field(
+        False, description="BentoML's own access log line per request, beside the audit "
+        "line (openchat.audit), which already names the method, path, status, latency, key "
+        "and tokens. Off saves a log record per request on the HTTP worker.")
 
 
 class LimitSettings(BaseModel):
@@ -233,8 +237,9 @@ class BatchSettings(BaseModel):
                                           "and hand them back to the queue: they start over "
                                           "later, so batch work only ever fills idle time.")
     max_preemptions: int = Field(3, ge=0, description="A line is preempted at most this "
-                                 "many times; then it runs to its end, so that a long line "
-                                 "still finishes under steady traffic.")
+                                 "many times; then it runs to its end (one such line at a "
+                                 "time per replica), so that a long line still finishes "
+                                 "under steady traffic.")
     poll_interval_s: float = Field(1.0, gt=0, description="How often an idle runner looks "
                                    "for lines to claim.")
     lease_s: float = Field(60, ge=5, description="A claimed line whose runner has not "

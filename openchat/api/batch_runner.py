@@ -14,7 +14,7 @@ Batch work fills idle time only: no line is claimed while an interactive request
 flight, and when one reaches the engine the lines running are aborted and handed back
 (`preempt`, batch.preempt_for_interactive): vLLM's priorities order the queue but do not
 stop a running batch line from sharing every step, and so slowing, the interactive one.
-A line preempted `batch.max_preemptions` times runs to its end.
+A line preempted `batch.max_preemptions` times runs to its end, one such line at a time.
 """
 
 from __future__ import annotations
@@ -123,7 +123,13 @@ class BatchRunner:
         if free <= 0 or self._hold() or not self._ready():
             return
         held = await self._spent(store)
+        exempt = sum(self._exempt(line) for line in self._lines.values())
         for line in await asyncio.to_thread(self._claim, store, free, held):
+            if self._exempt(line):
+                if exempt:  # one at a time: it shares every step with interactive requests
+                    await asyncio.to_thread(store.unclaim, line, self.worker)
+                    continue
+                exempt += 1
             task = asyncio.get_running_loop().create_task(self._run_line(store, line))
             self._lines[task] = line
             task.add_done_callback(self._forget)
@@ -146,6 +152,12 @@ class BatchRunner:
             logger.exception("could not hand back preempted batch line %s/%d",
                              line.batch_id, line.number)
 
+    def _exempt(self, line: BatchLine) -> bool:
+        """Whether `line` has been preempted `max_preemptions` times and now runs to its end.
+        (`attempt` counts the line's claims, this one included.)"""
+        return (self.settings.preempt_for_interactive
+                and line.attempt > self.settings.max_preemptions)
+
     def preempt(self) -> int:
         """An interactive request has reached the engine: abort the lines running (those
         preempted fewer than `max_preemptions` times) so they take none of its steps; each
@@ -154,8 +166,7 @@ class BatchRunner:
             return 0
         aborted = 0
         for task, line in list(self._lines.items()):
-            # `attempt` counts the line's claims, this one included.
-            if line.attempt <= self.settings.max_preemptions and task not in self._preempted:
+            if not self._exempt(line) and task not in self._preempted:
                 self._preempted.add(task)
                 task.cancel()
                 aborted += 1

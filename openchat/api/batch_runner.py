@@ -66,6 +66,7 @@ class BatchRunner:
         self._lines: dict[asyncio.Task, BatchLine] = {}
         self._preempted: set[asyncio.Task] = set()
         self._handing_back: set[asyncio.Task] = set()  # preempted lines' unclaims
+        self._answered: set[asyncio.Task] = set()  # lines being kept: not preempted
         self._main: asyncio.Task | None = None
         self._batches: dict[str, StoredBatch | None] = {}  # of the lines in flight
         self._purged_at = float("-inf")
@@ -144,6 +145,7 @@ class BatchRunner:
             self._handing_back.add(handing_back)
             handing_back.add_done_callback(self._handing_back.discard)
         self._preempted.discard(task)
+        self._answered.discard(task)
 
     async def _hand_back(self, line: BatchLine) -> None:
         try:
@@ -166,7 +168,7 @@ class BatchRunner:
             return 0
         aborted = 0
         for task, line in list(self._lines.items()):
-            if not self._exempt(line) and task not in self._preempted:
+            if not self._exempt(line) and task not in self._preempted | self._answered:
                 self._preempted.add(task)
                 task.cancel()
                 aborted += 1
@@ -233,6 +235,7 @@ class BatchRunner:
             batch = await self._batch(store, line.batch_id)
             scopes = [] if batch is None else batch.scope_list
             status, body = await self._execute(line.url, line.body, scopes)
+            self._answered.add(asyncio.current_task())  # nothing left to preempt
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -75,6 +75,23 @@ def expire(files: FileStore, file_id: str) -> None:
         session.commit()
 
 
+def test_the_purge_removes_partial_uploads_a_crash_left_only_once_stale(tmp_path):
+    import os
+    import time
+
+    from openchat.storage.files import PARTIAL_MAX_AGE_S
+
+    files = FileStore(f"sqlite:///{tmp_path}/files.db", tmp_path / "files")
+    stale, fresh = tmp_path / "files" / "file-a.partial", tmp_path / "files" / "file-b.partial"
+    stale.write_bytes(b"cut off")
+    fresh.write_bytes(b"still arriving")
+    old = time.time() - PARTIAL_MAX_AGE_S - 60
+    os.utime(stale, (old, old))
+    assert files.purge_expired() == 0  # counts files, not partial copies
+    assert not stale.exists() and fresh.exists()
+    files.dispose()
+
+
 def test_an_expired_file_is_not_found_and_is_purged(url, tmp_path):
     files = FileStore(url, tmp_path / "files")
     kept = files.save(b"x", "kept.jsonl", "batch", "key1")

@@ -15,6 +15,7 @@ runner calls it every round) deletes its row and bytes.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import secrets
@@ -34,6 +35,7 @@ from openchat.databases import UTCDateTime, create_tables, open_engine
 
 Purpose = Literal["batch", "batch_output"]
 CHUNK_BYTES = 1024 * 1024  # what an upload or a download holds in memory at a time
+PARTIAL_MAX_AGE_S = 6 * 3600  # an upload's partial copy untouched this long was cut off
 
 
 class FileTooLarge(ValueError):
@@ -196,13 +198,20 @@ class FileStore:
         return True
 
     def purge_expired(self) -> int:
-        """Delete the files that have expired, rows and bytes; how many there were."""
+        """Delete the files that have expired, rows and bytes; how many there were. Also
+        the partial copies of uploads that a crash cut off (older than PARTIAL_MAX_AGE_S:
+        far longer than any upload runs)."""
         now = datetime.now(UTC)
         with Session(self._engine) as session:
             ids = list(session.exec(select(StoredFile.id).where(
                 col(StoredFile.expires_at) <= now)).all())
         for file_id in ids:
             self._remove(file_id)
+        stale = time.time() - PARTIAL_MAX_AGE_S
+        for partial in self.directory.glob("*.partial"):
+            with contextlib.suppress(FileNotFoundError):
+                if partial.stat().st_mtime < stale:
+                    partial.unlink()
         return len(ids)
 
     def _remove(self, file_id: str) -> None:

@@ -1,14 +1,26 @@
 """The rules for SQL database URLs, shared by the key store (access/keys.py) and the SQL
 tools (tools/sql.py): SQLite must be a file (an in-memory database is empty for every
-new connection), PostgreSQL goes through psycopg 3, the one driver in the lock.
+new connection), PostgreSQL goes through psycopg 3, the one driver in the lock. And how
+the service's own stores create (and extend) their tables when several workers start.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import URL, DateTime, Engine, MetaData, TypeDecorator, make_url, text
+from sqlalchemy import (
+    URL,
+    DateTime,
+    Engine,
+    MetaData,
+    Table,
+    TypeDecorator,
+    inspect,
+    make_url,
+    text,
+)
 from sqlmodel import create_engine
 
 
@@ -54,11 +66,14 @@ def open_engine(url: str, what: str) -> Engine:
 _SCHEMA_LOCK = 0x6F70656E63686174  # "openchat"
 
 
-def create_tables(engine: Engine, metadata: MetaData) -> None:
-    """Create `metadata`'s missing tables and indexes in one transaction holding the
-    database's schema lock, so that workers starting together take turns. Without it,
-    SQLite runs a table's CREATE and its unique index's CREATE as two statements, and a
-    worker can insert between them: the index then fails and is never made."""
+def create_tables(engine: Engine, metadata: MetaData,
+                  added_columns: Mapping[Table, Iterable[str]] | None = None) -> None:
+    """Create `metadata`'s missing tables and indexes, and add the `added_columns` that a
+    table made by an earlier version lacks (create_all adds none; they are nullable, so
+    old rows read None), in one transaction holding the database's schema lock, so that
+    workers starting together take turns. Without it, SQLite runs a table's CREATE and
+    its unique index's CREATE as two statements, and a worker can insert between them:
+    the index then fails and is never made."""
     with engine.connect() as connection:
         if engine.dialect.name == "sqlite":
             connection.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock, now
@@ -66,6 +81,13 @@ def create_tables(engine: Engine, metadata: MetaData) -> None:
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
                                {"key": _SCHEMA_LOCK})
         metadata.create_all(connection)
+        for table, names in (added_columns or {}).items():
+            present = {column["name"] for column in inspect(connection).get_columns(table.name)}
+            for name in names:
+                if name not in present:
+                    kind = table.c[name].type.compile(dialect=engine.dialect)
+                    connection.execute(
+                        text(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}"))
         connection.commit()
 
 

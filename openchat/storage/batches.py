@@ -36,7 +36,7 @@ from openchat.storage.batch_tables import (
     BatchLine,
     StoredBatch,
 )
-from openchat.storage.files import add_missing_columns, new_id
+from openchat.storage.files import new_id
 
 __all__ = ["ACTIVE", "EXPIRY", "BatchLine", "BatchStore", "StoredBatch", "open_batch_store"]
 
@@ -44,8 +44,8 @@ class BatchStore:
     def __init__(self, url: str) -> None:
         self._engine = open_engine(url, "the batch store")
         self.dialect = self._engine.dialect.name
-        create_tables(self._engine, BatchesModel.metadata)
-        add_missing_columns(self._engine, StoredBatch.__table__, ["output_expires_s"])
+        create_tables(self._engine, BatchesModel.metadata,
+                      {StoredBatch.__table__: ["output_expires_s"]})
         # Whose lines this store claimed last (claim's turns): owner -> turn number.
         self._served: dict[str | None, int] = {}
         self._turns = itertools.count()

@@ -20,14 +20,13 @@ import io
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-from sqlalchemy import Engine, Table, inspect, or_, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import or_
 from sqlalchemy.orm import registry
 from sqlmodel import Field, Session, SQLModel, col, select
 
@@ -72,21 +71,6 @@ class StoredFile(FilesModel, table=True):
                 "status_details": None}
 
 
-def add_missing_columns(engine: Engine, table: Table, names: Iterable[str]) -> None:
-    """Add columns that a table made by an earlier version lacks (create_all adds none);
-    new columns are nullable, so old rows read as None."""
-    present = {column["name"] for column in inspect(engine).get_columns(table.name)}
-    for name in names:
-        if name in present:
-            continue
-        kind = table.c[name].type.compile(dialect=engine.dialect)
-        try:
-            with engine.begin() as connection:
-                connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}"))
-        except SQLAlchemyError:  # another worker added it first
-            pass
-
-
 def new_id(prefix: str) -> str:
     """`prefix` + a time-ordered hex id: later ids sort after earlier ones, so a list page
     can continue `after` an id with one comparison."""
@@ -99,8 +83,7 @@ class FileStore:
         self.dialect = self._engine.dialect.name
         self.directory = Path(directory).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
-        create_tables(self._engine, FilesModel.metadata)
-        add_missing_columns(self._engine, StoredFile.__table__, ["expires_at"])
+        create_tables(self._engine, FilesModel.metadata, {StoredFile.__table__: ["expires_at"]})
 
     def save(self, data: bytes, filename: str, purpose: Purpose,
              owner: str | None, expires_after_s: int | None = None) -> StoredFile:

@@ -110,16 +110,37 @@ def test_a_named_calls_opening_is_prefilled_and_read_before_the_engine_text():
     assert plan_tools([ADD], "required", True).determined_start() is None
     plan = replace(named, prefilled=named.determined_start())
     tag = json.loads(plan.structural_tag())["format"]
-    assert tag["type"] == "sequence"  # only the arguments and the close are decoded
-    assert tag["elements"][1] == {"type": "const_string", "value": "}</tool_call>"}
+    assert tag["type"] == "grammar"  # only the arguments are decoded
+    assert plan.determined_end() == "}</tool_call>" and named.determined_end() == ""
 
     answer = Answer(0, plan)
     events = answer.feed('{"a":')
     assert isinstance(events[0], CallStart) and events[0].name == "add"
-    answer.feed("1}}</tool_call>")
-    assert answer.finish("stop") == "tool_calls"
+    answer.feed("1}")  # held back: its end could begin the close
+    assert answer.finish("stop") == "tool_calls"  # the engine's end of turn: close added
+    assert answer.tail == [ArgumentsDelta(0, '{"a":1}')]
     assert [json.loads(c.arguments) for c in answer.calls()] == [{"a": 1}]
     assert answer.content() == ""
+
+
+def test_a_prefilled_call_cut_inside_its_arguments_gets_no_close():
+    from dataclasses import replace
+
+    named = plan_tools([ADD], {"type": "function", "function": {"name": "add"}}, True)
+    answer = Answer(0, replace(named, prefilled=named.determined_start()))
+    answer.feed('{"a":1')
+    assert answer.finish("length") == "length" and answer.calls() == []
+
+
+def test_a_prefilled_call_read_in_one_piece_is_one_whole_call():
+    from dataclasses import replace
+
+    named = plan_tools([ADD], {"type": "function", "function": {"name": "add"}}, True)
+    answer = Answer(0, replace(named, prefilled=named.determined_start()))
+    events = answer.feed('{"a":12}')  # a whole (non-streamed) answer is one delta
+    assert isinstance(events[0], CallStart)
+    assert answer.finish("stop") == "tool_calls"
+    assert [c.arguments for c in answer.calls()] == ['{"a":12}']
 
 
 def test_a_prefilled_call_cut_before_any_engine_text_still_streams_its_start():

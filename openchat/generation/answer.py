@@ -66,7 +66,12 @@ class Answer:
         """OpenAI's finish_reason, after verifying what the engine finished."""
         reason = FINISH_REASONS.get(engine_reason or "stop", "stop")
         if self.parser is not None:
-            self.tail = self._opening + self._record(self.parser.finish(cut=reason != "stop"))
+            # A prefilled call's close is certain once the engine stopped on its own: the
+            # grammar allowed the end of turn only after whole arguments.
+            end = self.plan.determined_end() if reason == "stop" else ""
+            closed = self.feed(end) if end else []  # feed() sends a pending opening first
+            self.tail = self._opening + closed + self._record(
+                self.parser.finish(cut=reason != "stop"))
             self._opening = []
         if reason != "stop":
             return reason  # cut short: nothing claims to be complete

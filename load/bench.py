@@ -3,7 +3,8 @@
 Starts raw vLLM's OpenAI server, drives it, stops it; then starts this service
 (`bentoml serve service:OpenChat`), drives it with the same load, stops it; prints a
 markdown comparison, writes load/results.json and (when matplotlib or Pillow is
-importable) a PNG chart of p95 latency against request rate.
+importable) two PNG charts: p95 latency against request rate, and the service / raw vLLM
+ratios per workload over all rounds (load/comparison_chart.py).
 
 Both targets get the same requests, one kind per workload (load/workloads.py: token-id
 completions, chat, json_schema output, a forced tool call, a long shared system prompt).
@@ -33,6 +34,7 @@ Usage:  .venv/bin/python load/bench.py                 # 3 rounds: ~35 minutes o
         .venv/bin/python load/bench.py --rounds 5      # more rounds, tighter medians
         .venv/bin/python load/bench.py --quick         # smoke run, one round, ~3 minutes
         .venv/bin/python load/bench.py --only service  # one target
+        .venv/bin/python load/bench.py --chart-only load/results.json  # redraw, run nothing
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from pathlib import Path
 
 import aiohttp  # a vLLM dependency; see the note on httpx below
 import httpx
+from comparison_chart import draw_workloads_chart, workloads_chart_path
 from workloads import CHAT_TEMPLATE, Workload, first_output, make_workloads
 
 WORKLOADS = list(make_workloads([], ""))  # their names, in report order
@@ -532,6 +535,27 @@ def chart(results: dict, args, path: Path) -> str | None:
     return "Pillow"
 
 
+def draw_charts(results: dict, args) -> str:
+    """Both charts beside args.chart; says where they went, or that they were not drawn."""
+    latency_path, workloads_path = Path(args.chart), workloads_chart_path(Path(args.chart))
+    latency = chart(results["rounds"][-1], args, latency_path)
+    workloads = draw_workloads_chart(results, workloads_path)
+    return "\n".join([
+        "latency chart (last round): "
+        + (f"{latency_path} ({latency})" if latency else "not drawn (no plotting library)"),
+        "workloads chart (all rounds): "
+        + (f"{workloads_path} ({workloads})" if workloads
+           else "not drawn (no plotting library, or no round measured both targets)")])
+
+
+def redraw_charts(results_path: Path, args) -> None:
+    """The charts of an earlier run, with the p95 threshold it ran with."""
+    results = json.loads(results_path.read_text())
+    args.p95_threshold_ms = results.get("config", {}).get("p95_threshold_ms",
+                                                          args.p95_threshold_ms)
+    print(draw_charts(results, args))
+
+
 async def get_prompt_ids(text: str) -> list[int]:
     """The service's rendering of one user turn (GPT4 Correct), computed offline with the
     service's own renderer so both targets get identical token ids."""
@@ -567,7 +591,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3,
                    help="interleaved rounds; the report gives the median of per-round ratios")
     p.add_argument("--quick", action="store_true", help="c=1,4; rates 1,4,8; 8 s each; 1 round")
+    p.add_argument("--chart-only", metavar="RESULTS_JSON",
+                   help="redraw the charts (to --chart) from a results file; runs nothing")
     args = p.parse_args()
+    if args.chart_only:
+        redraw_charts(Path(args.chart_only), args)
+        return
     if args.quick:
         args.concurrency, args.closed_duration = [1, 4], 8
         args.rates, args.open_duration, args.rounds = [1, 4, 8], 8, 1
@@ -609,10 +638,8 @@ def main() -> None:
     text = report(results, args)
     print()
     print(text)
-    how = chart(results["rounds"][-1], args, Path(args.chart))
-    print(f"\nresults: {args.out}; chart (last round): "
-          f"{args.chart if how else 'not drawn (no plotting library)'}"
-          f"{f' ({how})' if how else ''}; server logs: {tmp}")
+    print(f"\nresults: {args.out}; server logs: {tmp}")
+    print(draw_charts(results, args))
 
 
 if __name__ == "__main__":

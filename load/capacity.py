@@ -22,12 +22,14 @@ machine, its load average recorded in the JSON).
 A step's time is linear in the layer count (the layers are identical; the embedding, the
 final norm, the 32002-wide output projection and the sampler are paid once), so a
 least-squares line through the measured layer counts extrapolates to all 32 layers. Then
-the memory-bandwidth floor: a batch-1 decode step reads every weight once (14.5 GB in
-bf16), so no step can be faster than weights / bandwidth (a torch copy on the same cores).
+the memory-bandwidth floor: a batch-1 decode step reads every weight once (14.2 GB in
+bf16, the embedding aside), so no step can be faster than weights / bandwidth (a torch
+sum and copy on the same cores). Each model's batch-1 step is checked against it, with the
+threads that really computed (CPU time per thread, read in the engine's process).
 
-Usage:  .venv/bin/python load/capacity.py                    # ~15 minutes; -> load/capacity.json
+Usage:  .venv/bin/python load/capacity.py                    # ~12 minutes; -> load/capacity.json
         .venv/bin/python load/capacity.py --layers 1 2 --batches 1 8 --threads 1
-The checkpoints go to .models/capacity-L<n> (1.0-2.4 GB each; reused by later runs).
+The checkpoints go to .models/capacity-L<n> (1.1-3.9 GB each; reused by later runs).
 """
 
 from __future__ import annotations
@@ -51,6 +53,13 @@ LAYERS_FULL = OPENCHAT_7B_SHAPE.layers
 # sequence and step on the CPU backend) and min_p (one softmax and a comparison, no sort).
 SAMPLING = {"none": {"top_p": 1.0}, "top_p=0.95": {"top_p": 0.95},
             "min_p=0.05": {"min_p": 0.05}}
+
+
+def step_read_bytes(layers: int) -> int:
+    """bf16 bytes a batch-1 decode step reads: every layer's weights and the output
+    projection (the embedding is only indexed, one row per token)."""
+    s = OPENCHAT_7B_SHAPE
+    return weight_bytes(layers) - 2 * 32002 * s.hidden
 
 
 def weight_bytes(layers: int) -> int:
@@ -79,6 +88,14 @@ def measure_model(path: str, cpus: str, batches: list[int], steps: int,
     import random
     import statistics
 
+    import torch
+
+    # vLLM binds its OpenMP threads in its multiprocess worker only; run in this process,
+    # the engine would compute on a thread per core of the host (two threads on both
+    # cores, measured: the "one thread" figures were two). So bind this process first.
+    cores = sorted(int(c) for c in cpus.split(","))
+    os.sched_setaffinity(0, cores)
+    torch.set_num_threads(len(cores))
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -102,7 +119,8 @@ def measure_model(path: str, cpus: str, batches: list[int], steps: int,
         return 1000 * step, 1000 * prefill
 
     run(1, 4, {})  # warm-up: first-call allocations and kernels
-    out: dict = {"prefill_ms": {}, "step_ms": {}}
+    # The pool size torch reports; busy_threads() below says which threads really worked.
+    out: dict = {"prefill_ms": {}, "step_ms": {}, "torch_threads": torch.get_num_threads()}
     for b in batches:
         for name in sampling_names:
             # The quickest of three runs: what anything else takes from the core only adds.
@@ -114,7 +132,26 @@ def measure_model(path: str, cpus: str, batches: list[int], steps: int,
             f"{name} {out['step_ms'][f'{b}@{name}']}" for name in sampling_names)
             + f"; prefill of {b} x {prompt_len} tokens {out['prefill_ms'][str(b)]} ms",
             file=sys.stderr, flush=True)
+    out["busy_threads"] = busy_threads()
     return out
+
+
+def busy_threads(min_cpu_s: float = 1.0) -> list[dict]:
+    """This process's threads that used at least `min_cpu_s` of CPU, with their cores:
+    how many threads really computed (torch reports its pool size, not who worked)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            cpus = sorted(os.sched_getaffinity(int(tid)))
+        except OSError:  # the thread ended meanwhile
+            continue
+        cpu_s = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        if cpu_s >= min_cpu_s:
+            name = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+            found.append({"name": name, "cpu_s": round(cpu_s, 1), "cores": cpus})
+    return sorted(found, key=lambda t: -t["cpu_s"])
 
 
 def memory_bandwidth(threads: int, gib: float = 2.0) -> dict:
@@ -182,15 +219,33 @@ def extrapolate(runs: dict, key: str, field: str = "step_ms") -> tuple[float, fl
     return a, b, a + b * LAYERS_FULL
 
 
+def consistency(runs: dict) -> list[str]:
+    """Per model: the bandwidth its batch-1 step implies, and which threads did the work.
+    One thread cannot read faster than the measured bandwidth; if a step seems to, either
+    the figure is off or more threads computed than the binding says."""
+    lines = []
+    for layers in sorted(runs, key=int):
+        run = runs[layers]
+        step = run["step_ms"].get("1@none")
+        if step is None or "busy_threads" not in run:
+            continue
+        implied = step_read_bytes(int(layers)) / (step / 1000) / 1e9
+        busy = "; ".join(f"{t['name']} {t['cpu_s']} s on {t['cores']}" for t in run["busy_threads"])
+        lines.append(f"- {layers} layer(s): batch-1 step {step} ms reads "
+                     f"{step_read_bytes(int(layers)) / 1e9:.2f} GB = {implied:.1f} GB/s; "
+                     f"torch threads {run['torch_threads']}; threads that worked: {busy}")
+    return lines
+
+
 def report(result: dict) -> str:
     lines = []
     for threads, runs in result["threads"].items():
         bw = result["bandwidth"][threads]
-        full = weight_bytes(LAYERS_FULL)
+        full = step_read_bytes(LAYERS_FULL)
         floor_ms = 1000 * full / (bw["read_gbps"] * 1e9)
         lines += [f"### {threads} engine thread(s): memory read {bw['read_gbps']} GB/s, "
                   f"copy {bw['copy_gbps']} GB/s",
-                  "",
+                  "", *consistency(runs), "",
                   "| batch | sampling | " + " | ".join(f"{n} layers (ms)" for n in sorted(runs, key=int))
                   + " | fixed + per layer (ms) | 32 layers (ms/step) | tokens/s at 32 layers |",
                   "|---|---|" + "---:|" * (len(runs) + 3)]
@@ -214,7 +269,7 @@ def report(result: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--layers", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--layers", type=int, nargs="+", default=[2, 4, 8])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--threads", type=int, nargs="+", default=[1],
                    help="engine thread counts to measure (cores 0..n-1)")

@@ -14,6 +14,7 @@ Paths (short answers: max_tokens 16 and ignore_eos where allowed):
   chat_stream     the same, streamed, with usage in the stream
   chat_history    a 24-message conversation (~10k characters): tokenisation
   json_schema     response_format json_schema (a small closed object, finishes by itself)
+  tool_call_stream  a named tool call, streamed (bench.py's tool_call workload)
   completion_ids  POST /v1/completions with a token-id prompt
   completion_ids_stream   the same, streamed
 
@@ -43,6 +44,7 @@ import aiohttp
 import psutil
 
 from bench import MODEL_ID, ROOT, VENV_BIN, get_prompt_ids, make_targets, pct
+from workloads import WEATHER_TOOL
 
 QUESTION = "What are three good reasons to learn a second language?"
 SCHEMA = {
@@ -84,6 +86,12 @@ def payloads(prompt_ids: list[int]) -> dict[str, tuple[str, dict]]:
             "model": MODEL_ID, "max_tokens": 32, "temperature": 0.7, "messages": user,
             "response_format": {"type": "json_schema",
                                 "json_schema": {"name": "verdict", "schema": SCHEMA}},
+        }),
+        "tool_call_stream": ("/v1/chat/completions", {
+            "model": MODEL_ID, "max_tokens": 64, "temperature": 0.7, **stream,
+            "messages": [{"role": "user", "content": "What is the weather in Lisbon?"}],
+            "tools": [WEATHER_TOOL],
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
         }),
         "completion_ids": ("/v1/completions", {**short, "prompt": prompt_ids}),
         "completion_ids_stream": ("/v1/completions", {**short, "prompt": prompt_ids, **stream}),

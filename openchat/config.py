@@ -67,6 +67,11 @@ class EngineSettings(BaseModel):
     cpu_threads: int | Literal["auto"] = Field(
         "auto", description="'auto': the declared cpu count, capped by the host, minus one."
     )
+    cpu_placement: bool = Field(
+        True, description="Run the engine's processes on its own cores and the HTTP worker on "
+        "the rest (docs/deployment.md, CPU placement). Off, they float as under `vllm serve`: "
+        "a tiny model decodes one stream a little faster, but probes can wait seconds "
+        "while long answers generate.")
     # GPU hosts.
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     tensor_parallel_size: int = Field(1, ge=1)

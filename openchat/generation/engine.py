@@ -210,8 +210,9 @@ class VLLMEngine:
         check_model_source(settings.model)
         args, self.layout = self._engine_args(settings, AsyncEngineArgs)
         logger.info("starting vLLM engine: %s", self.layout)
+        placed = self.layout.device == "cpu" and settings.engine.cpu_placement
         placement = (engine_placement(parse_cpus(self.layout.threads), set(_available_cpus()))
-                     if self.layout.device == "cpu" else contextlib.nullcontext())
+                     if placed else contextlib.nullcontext())
         with placement:  # its processes start on the engine's cores; this one leaves them
             self._llm = AsyncLLM.from_engine_args(args)
         # vLLM reads its VLLM_* variables from os.environ on every access (dozens per

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 
 import pytest
 
@@ -62,3 +63,24 @@ def test_one_core_or_a_foreign_binding_moves_nothing(restore_affinity):
     with engine_placement({10_000}, host) as http:  # a core this host does not have
         assert http == set()
     assert os.sched_getaffinity(0) == host
+
+
+def test_the_engine_is_placed_only_on_a_cpu_host_with_placement_on(restore_affinity):
+    from openchat.config import EngineSettings
+    from openchat.generation.engine import EngineLayout, placement_for
+
+    host = sorted(os.sched_getaffinity(0))
+    if len(host) < 2:
+        pytest.skip("placement needs two cores")
+    layout = EngineLayout(model="m", device="cpu", dtype="bfloat16", max_model_len=128,
+                          max_num_seqs=1, tensor_parallel_size=1, kv_cache="1 GiB",
+                          threads=str(host[0]))
+    with placement_for(layout, EngineSettings()) as http_cpus:
+        assert os.sched_getaffinity(0) == {host[0]}  # the engine would start here
+    assert http_cpus == set(host[1:]) and os.sched_getaffinity(0) == set(host[1:])
+
+    for settings, device in ((EngineSettings(cpu_placement=False), "cpu"),
+                             (EngineSettings(), "cuda")):
+        before = os.sched_getaffinity(0)
+        with placement_for(replace(layout, device=device), settings) as http_cpus:
+            assert os.sched_getaffinity(0) == before and http_cpus == set()

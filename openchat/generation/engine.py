@@ -199,6 +199,14 @@ def cached_tokens(output: EngineOutput) -> int:
     return getattr(output, "num_cached_tokens", None) or 0
 
 
+def placement_for(layout: EngineLayout, engine: EngineSettings):
+    """The context the engine starts in: on a CPU host with placement on, its processes
+    start on the engine's cores and this one then leaves them (placement.py)."""
+    if layout.device != "cpu" or not engine.cpu_placement:
+        return contextlib.nullcontext(set())
+    return engine_placement(parse_cpus(layout.threads), set(_available_cpus()))
+
+
 class VLLMEngine:
     """One in-process vLLM engine (its EngineCore runs in a child process); an
     EngineClient."""
@@ -210,10 +218,7 @@ class VLLMEngine:
         check_model_source(settings.model)
         args, self.layout = self._engine_args(settings, AsyncEngineArgs)
         logger.info("starting vLLM engine: %s", self.layout)
-        placed = self.layout.device == "cpu" and settings.engine.cpu_placement
-        placement = (engine_placement(parse_cpus(self.layout.threads), set(_available_cpus()))
-                     if placed else contextlib.nullcontext())
-        with placement:  # its processes start on the engine's cores; this one leaves them
+        with placement_for(self.layout, settings.engine):  # engine on its cores, HTTP off them
             self._llm = AsyncLLM.from_engine_args(args)
         # vLLM reads its VLLM_* variables from os.environ on every access (dozens per
         # request in the frontend) until they are cached, which it does itself in its

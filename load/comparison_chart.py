@@ -3,8 +3,9 @@
 One bar per workload and measure: the median of the per-round service / raw ratios, with a
 whisker from the lowest to the highest round, so a slow round shows as spread, not as a
 result. A round where either target had errors at a workload and level is left out of that
-bar (its label then says "2 of 3"): in round 1 of load/results.json the service's engine
-died mid-run, and figures taken while requests failed measure failure, not speed.
+bar (its label then says "2 of 3"): in round 1 of load/results-six-workloads-morning.json
+the service's engine died mid-run, and figures taken while requests failed measure
+failure, not speed.
 Drawn with matplotlib, or Pillow when matplotlib is missing (as bench.py's latency chart
 is); the ratios are computed apart from the drawing so they can be tested.
 """

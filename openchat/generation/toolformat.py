@@ -27,6 +27,7 @@ from openchat.protocol.requests import SamplingRequest
 
 CALL_OPEN = "<tool_call>"
 CALL_CLOSE = "</tool_call>"
+CALL_END = "}" + CALL_CLOSE  # what follows a call's arguments: the object's brace, the tag
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 MAX_TOOLS = 128
 MAX_TOOLS_JSON_CHARS = 64 * 1024
@@ -69,7 +70,7 @@ class ToolPlan:
         call's close. Neither decoded nor generated, it is added to the answer after the
         engine stops (its end of turn is the only token the grammar allows after the
         arguments), which saves the 5 to 10 decode steps of `}</tool_call>`."""
-        return f"}}{CALL_CLOSE}" if self.prefilled else ""
+        return CALL_END if self.prefilled else ""
 
     def offered(self) -> list[Tool]:
         return [self.tools[self.named]] if self.named else list(self.tools.values())
@@ -103,7 +104,7 @@ class ToolPlan:
                 # Compact JSON: no whitespace to spend tokens on. (xgrammar's `excludes`
                 # would forbid "</tool_call>" in strings but drops maxLength.)
                 "content": compact_json_format(tool.parameters),
-                "end": f"}}{CALL_CLOSE}",
+                "end": CALL_END,
             }
             for tool in self.offered()
         ]

@@ -13,10 +13,9 @@ import secrets
 from dataclasses import dataclass, field
 
 from openchat.generation.events import AnswerEvent, ArgumentsDelta, CallStart, TextDelta
-from openchat.generation.toolformat import CALL_CLOSE, CALL_OPEN, ToolPlan
+from openchat.generation.toolformat import CALL_END, CALL_OPEN, ToolPlan
 
 _HEADER = re.compile(r'\{"name":("(?:[^"\\]|\\.)*"),"arguments":')
-_CALL_END = "}" + CALL_CLOSE
 
 
 def new_call_id() -> str:
@@ -151,20 +150,20 @@ class ToolCallParser:
         """Where the call's closing `}</tool_call>` starts in the buffer, or -1. A string
         argument may itself contain that text, so an end only counts once the arguments
         before it are a whole JSON value."""
-        end = self.buffer.find(_CALL_END)
+        end = self.buffer.find(CALL_END)
         while end >= 0 and not _is_json(call.arguments + self.buffer[:end]):
-            end = self.buffer.find(_CALL_END, end + 1)
+            end = self.buffer.find(CALL_END, end + 1)
         return end
 
     def _scan_arguments(self, events: list[AnswerEvent]) -> None:
         call, index = self.calls[-1], len(self.calls) - 1
         end = self._arguments_end(call)
         if end >= 0:
-            fragment, self.buffer = self.buffer[:end], self.buffer[end + len(_CALL_END):]
+            fragment, self.buffer = self.buffer[:end], self.buffer[end + len(CALL_END):]
             call.complete = True
             self.state = "text"
         else:
-            keep = len(_CALL_END) - 1
+            keep = len(CALL_END) - 1
             fragment = self.buffer[: max(0, len(self.buffer) - keep)]
             self.buffer = self.buffer[len(fragment):]
         fragment = call.escape(fragment)

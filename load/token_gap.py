@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench import MODEL_ID, add_target_arguments, get_prompt_ids, make_targets, provenance
 from workloads import QUESTION, Workload, first_output, make_workloads
@@ -50,27 +51,23 @@ HISTOGRAMS = {"engine_ms": "vllm:e2e_request_latency_seconds",
 
 
 async def engine_totals(client: aiohttp.ClientSession, target) -> dict[str, tuple[float, float]]:
-    """(sum of seconds, count) of each engine histogram so far."""
+    """(sum of seconds, count) of each engine histogram so far, over its label sets."""
     async with client.get(target.base_url + "/metrics", headers=target.headers) as r:
-        text = await r.text()
+        families = {f.name: f for f in text_string_to_metric_families(await r.text())}
     totals = {}
     for key, name in HISTOGRAMS.items():
-        total = count = 0.0
-        for line in text.splitlines():
-            if line.startswith(name + "_sum"):
-                total += float(line.rsplit(" ", 1)[1])
-            elif line.startswith(name + "_count"):
-                count += float(line.rsplit(" ", 1)[1])
-        totals[key] = (total, count)
+        samples = families[name].samples if name in families else []
+        totals[key] = tuple(sum(s.value for s in samples if s.name == name + suffix)
+                            for suffix in ("_sum", "_count"))
     return totals
 
 
-async def one_answer(client: aiohttp.ClientSession, target, body: dict) -> tuple[float, float]:
+async def one_answer(client: aiohttp.ClientSession, target, path: str,
+                     body: dict) -> tuple[float, float]:
     """(seconds, seconds between output chunks) of one streamed answer, client side."""
     t0 = time.perf_counter()
     arrivals = []
-    async with client.post(target.base_url + workload_path(body), json=body,
-                           headers=target.headers) as r:
+    async with client.post(target.base_url + path, json=body, headers=target.headers) as r:
         r.raise_for_status()
         async for raw in r.content:
             line = raw.decode().strip()
@@ -80,10 +77,6 @@ async def one_answer(client: aiohttp.ClientSession, target, body: dict) -> tuple
     return elapsed, (arrivals[-1] - arrivals[0]) / max(1, len(arrivals) - 1)
 
 
-def workload_path(body: dict) -> str:
-    return "/v1/chat/completions" if "messages" in body else "/v1/completions"
-
-
 async def measure(target, workload: Workload, n: int, first_seed: int = 100,
                   warm_up: bool = True) -> dict:
     def body(seed: int) -> dict:
@@ -91,9 +84,10 @@ async def measure(target, workload: Workload, n: int, first_seed: int = 100,
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as client:
         for seed in range(3 if warm_up else 0):  # and the prefix cache, as in bench.py
-            await one_answer(client, target, body(seed))
+            await one_answer(client, target, workload.path, body(seed))
         before = await engine_totals(client, target)
-        answers = [await one_answer(client, target, body(first_seed + i)) for i in range(n)]
+        answers = [await one_answer(client, target, workload.path, body(first_seed + i))
+                   for i in range(n)]
         after = await engine_totals(client, target)
     out = {}
     for key in HISTOGRAMS:

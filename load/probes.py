@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-from bench import MODEL_ID, ROOT, add_target_arguments, make_targets, provenance
+from bench import MODEL_ID, ROOT, add_target_arguments, make_targets, pct, provenance
 
 # Completions with a text prompt: raw vLLM serves them without a chat template.
 SHORT = {"model": MODEL_ID, "prompt": "Hi", "max_tokens": 4}
@@ -107,8 +106,8 @@ def _summary(values: list[float]) -> dict:
     if not finite:
         return {"n": len(values), "failed": len(values)}
     return {"n": len(values), "failed": len(values) - len(finite),
-            "p50_ms": round(statistics.median(finite) * 1000, 1),
-            "p95_ms": round(finite[int(0.95 * (len(finite) - 1))] * 1000, 1),
+            "p50_ms": round(pct(finite, 0.5) * 1000, 1),
+            "p95_ms": round(pct(finite, 0.95) * 1000, 1),
             "max_ms": round(finite[-1] * 1000, 1),
             "over_1s": sum(v > 1 for v in values)}
 

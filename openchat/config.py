@@ -273,6 +273,10 @@ class AuthSettings(BaseModel):
                            "bootstrap admin key, set when it is created.")
     admin_max_concurrency: int = Field(256, ge=1, description="Requests in flight of the "
                                        "bootstrap admin key, set when it is created.")
+    key_cache_s: float = Field(1.0, ge=0, le=60, description="Seconds a worker trusts a "
+                               "key it has just verified before reading it again (0: read "
+                               "it on every request). A revocation takes effect at once on "
+                               "the worker that made it, within this time elsewhere.")
     protect_metrics: bool = Field(True, description="/metrics needs the admin scope.")
     protect_docs: bool = Field(False, description="/docs and the OpenAPI schema need a key "
                                   "(inference scope).")

@@ -260,3 +260,68 @@ def test_cli_refuses_unknown_scope(tmp_path):
     result = _openchat(tmp_path, "create", "x", "--scopes", "inference,root")
     assert result.returncode == 1
     assert "'root'" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def make_store(keys_url):
+    stores = []
+
+    def make(**kwargs) -> KeyStore:
+        stores.append(KeyStore(keys_url, **kwargs))
+        return stores[-1]
+    yield make
+    for store in stores:
+        store.dispose()
+
+
+class Clock:
+    """A hand-moved time.monotonic for the key cache."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_verified_key_is_remembered_for_key_cache_s_and_forgotten_when_revoked(make_store):
+    clock = Clock()
+    store = make_store(cache_s=1.0, clock=clock)
+    key, secret = store.create("app", ["inference"])
+    assert store.recent(secret) is None  # not verified yet: ask the database
+    assert store.verify(secret).id == key.id
+    assert store.recent(secret).id == key.id
+    clock.now += 1.01
+    assert store.recent(secret) is None  # stale: read it again
+
+    assert store.verify(secret).id == key.id
+    store.revoke(key.id)  # this worker forgets it at once
+    assert store.recent(secret) is None
+    assert store.verify(secret) is None
+
+
+def test_another_workers_revocation_reaches_the_cache_within_key_cache_s(make_store):
+    clock = Clock()
+    worker = make_store(cache_s=1.0, clock=clock)
+    other = make_store()  # another worker, or `openchat keys revoke`
+    key, secret = worker.create("app", ["inference"])
+    worker.verify(secret)
+    assert other.revoke(key.id)
+    clock.now += 0.5
+    assert worker.recent(secret).id == key.id  # still trusted, at most key_cache_s
+    clock.now += 0.51
+    assert worker.recent(secret) is None
+    assert worker.verify(secret) is None  # and the database says revoked
+
+
+def test_unknown_secrets_are_not_remembered_and_zero_turns_the_cache_off(make_store):
+    store = make_store(cache_s=1.0)
+    unknown = "oc-" + secrets.token_urlsafe(32)
+    assert store.verify(unknown) is None
+    assert store.recent(unknown) is None
+    key, secret = store.create("app", ["inference"])  # created after a miss: works at once
+    assert store.verify(secret).id == key.id
+
+    uncached = make_store(cache_s=0)
+    assert uncached.verify(secret).id == key.id
+    assert uncached.recent(secret) is None

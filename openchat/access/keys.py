@@ -3,6 +3,12 @@
 A secret is shown once, when it is created (`openchat keys create`); the database keeps only
 its hash, a short prefix people recognise it by, its scopes and its limits. The key database
 is kept apart from the SQL tools' database: the model's read-only SQL must never see it.
+
+A key found live is trusted for `auth.key_cache_s` (1 s) before it is read again: a client
+sending many requests a second costs one lookup a second instead of one per request (a
+thread hop and a SQL query, 0.4 ms of the worker's CPU alone and about 1 ms under load).
+The worker that revokes a key forgets it at once; other workers and `openchat keys revoke`
+reach it within that time. Unknown secrets are never remembered, so a new key works at once.
 """
 
 from __future__ import annotations
@@ -11,10 +17,13 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from functools import lru_cache
 
+from cachetools import TTLCache
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import registry
 from sqlmodel import Field, Session, SQLModel, select
@@ -89,10 +98,16 @@ def _check_limit(name: str, value: int | None) -> int | None:
 class KeyStore:
     """The api_keys table behind one SQLAlchemy URL (SQLite file or PostgreSQL)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, cache_s: float = 0.0, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._engine = open_engine(url, "the key store")
         self.dialect = self._engine.dialect.name
         create_tables(self._engine, KeysModel.metadata)
+        # Live keys by secret hash, for cache_s seconds (0: none). verify() runs in worker
+        # threads and recent() on the event loop, hence the lock.
+        self._live: TTLCache | None = (
+            TTLCache(maxsize=4096, ttl=cache_s, timer=clock) if cache_s > 0 else None)
+        self._live_lock = threading.Lock()
 
     def _session(self) -> Session:
         # expire_on_commit=False: the rows we return stay readable after the session closes.
@@ -120,15 +135,26 @@ class KeyStore:
             session.commit()
         return key
 
+    def recent(self, secret: str) -> APIKey | None:
+        """The key with this secret if verify() found it live within cache_s, else None
+        (then ask verify()). No I/O: safe on the event loop."""
+        if self._live is None:
+            return None
+        with self._live_lock:
+            return self._live.get(hash_secret(secret))
+
     def verify(self, secret: str) -> APIKey | None:
         """The live key with this secret, or None (unknown or revoked)."""
         digest = hash_secret(secret)
         key = self._by_hash(digest)
         # The lookup goes by hash, so its timing says nothing about the secret; the final
         # comparison is constant-time anyway.
-        if key is None or not hmac.compare_digest(key.secret_hash, digest):
+        if key is None or not hmac.compare_digest(key.secret_hash, digest) or key.revoked:
             return None
-        return None if key.revoked else key
+        if self._live is not None:
+            with self._live_lock:
+                self._live[digest] = key
+        return key
 
     def _by_hash(self, digest: str) -> APIKey | None:
         with self._session() as session:
@@ -153,6 +179,7 @@ class KeyStore:
                 return False
             key.revoked_at = _now()
             session.commit()
+        self._forget(key.secret_hash)
         logger.info("revoked API key %s (%s)", key.id, key.name)
         return True
 
@@ -188,8 +215,14 @@ class KeyStore:
             key = session.get(APIKey, key.id)
             key.scopes = check_scopes([*key.scope_set, ADMIN_SCOPE])
             session.commit()
+        self._forget(key.secret_hash)
         logger.warning("granted the admin scope to %s: it is OPENCHAT_ADMIN_KEY", key.id)
         return key
+
+    def _forget(self, digest: str) -> None:
+        if self._live is not None:
+            with self._live_lock:
+                self._live.pop(digest, None)
 
     def dispose(self) -> None:
         self._engine.dispose()
@@ -199,6 +232,7 @@ class KeyStore:
 
 
 @lru_cache(maxsize=4)
-def open_store(url: str) -> KeyStore:
-    """The process's one KeyStore per URL, shared by the middleware and the admin routes."""
-    return KeyStore(url)
+def open_store(url: str, cache_s: float = 0.0) -> KeyStore:
+    """The process's one KeyStore per URL, shared by the middleware and the admin routes
+    (so a revocation through the admin API clears the middleware's cache too)."""
+    return KeyStore(url, cache_s)

@@ -113,7 +113,7 @@ def create_app(settings: Settings, routes: RouteTable,
         auth = settings.auth
         budget = TokenBudget(
             lambda: shared_rate_limiter(auth.rate_limit_storage, window=auth.rate_window_s),
-            lambda key_id: open_store(auth.keys_url).get(key_id), auth)
+            lambda key_id: open_store(auth.keys_url, auth.key_cache_s).get(key_id), auth)
     app.state.batch_runner = BatchRunner(batch, batches, files,
                                          line_executor(settings, pipeline), engine_ready,
                                          budget=budget,
@@ -153,4 +153,5 @@ def create_app(settings: Settings, routes: RouteTable,
 
 
 def _key_store(settings: Settings) -> KeyStore | None:
-    return open_store(settings.auth.keys_url) if settings.auth.enabled else None
+    auth = settings.auth
+    return open_store(auth.keys_url, auth.key_cache_s) if auth.enabled else None

@@ -53,7 +53,7 @@ class AccessMiddleware:
                                    + [settings.embeddings.model_id])
         self.keys = None
         if self.settings.enabled:
-            self.keys = open_store(self.settings.keys_url)
+            self.keys = open_store(self.settings.keys_url, self.settings.key_cache_s)
             admin_secret = os.environ.get("OPENCHAT_ADMIN_KEY")
             if admin_secret:
                 key = self.keys.ensure_admin(
@@ -170,7 +170,8 @@ class AccessMiddleware:
         if scheme.lower() != "bearer" or not secret.strip():
             raise APIError("You didn't provide an API key. Send it as 'Authorization: "
                            "Bearer YOUR_KEY'.", status=401, code="missing_api_key")
-        key = await asyncio.to_thread(self.keys.verify, secret.strip())
+        secret = secret.strip()
+        key = self.keys.recent(secret) or await asyncio.to_thread(self.keys.verify, secret)
         if key is None:
             raise APIError("Incorrect or revoked API key provided.", status=401,
                            code="invalid_api_key")

@@ -7,8 +7,9 @@ is kept apart from the SQL tools' database: the model's read-only SQL must never
 A key found live is trusted for `auth.key_cache_s` (1 s) before it is read again: a client
 sending many requests a second costs one lookup a second instead of one per request (a
 thread hop and a SQL query, 0.4 ms of the worker's CPU alone and about 1 ms under load).
-The worker that revokes a key forgets it at once; other workers and `openchat keys revoke`
-reach it within that time. Unknown secrets are never remembered, so a new key works at once.
+The worker that revokes a key forgets it at once (a lookup already under way may still
+remember it, for that second at most); other workers and `openchat keys revoke` reach it
+within that time. Unknown secrets are never remembered, so a new key works at once.
 """
 
 from __future__ import annotations

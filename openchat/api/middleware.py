@@ -21,6 +21,7 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from openchat.access.keys import open_store
@@ -87,6 +88,15 @@ class AccessMiddleware:
         meter = usage.start_meter()
         response = _Response(send, request_id)
         key = ticket = None
+
+        async def settle() -> None:
+            # Before the response's last byte, so the client's next request sees the
+            # unused reservation back; shielded: a timed-out request must still settle.
+            nonlocal ticket
+            if ticket is not None:
+                done, ticket = ticket, None
+                await asyncio.shield(self.limiter.settle(done, used_tokens=meter.total_tokens))
+        response.before_end = settle
         route = self.routes.find(scope["method"], scope["path"])
         try:
             if scope["path"] not in _ALWAYS_ANSWERED:
@@ -109,9 +119,7 @@ class AccessMiddleware:
                 response.extra_headers = error.headers
             await response.error(error)
         finally:
-            if ticket is not None:  # shielded: a timed-out request must still settle
-                await asyncio.shield(self.limiter.settle(ticket,
-                                                         used_tokens=meter.total_tokens))
+            await settle()  # if the response never reached its end
             if scope["path"] not in PROBES:  # a 403 still names the key that tried
                 key = scope.get(KEY_SCOPE_ITEM, key)
                 self._audit(scope, key, response.status, meter, started, request_id)
@@ -235,6 +243,7 @@ class _Response:
         self.extra_headers: dict[str, str] = {}
         self.status: int | None = None
         self.started = asyncio.Event()  # the response's status line is on its way
+        self.before_end: Callable[[], Awaitable[None]] | None = None  # run before the last body
         self._held: dict[str, Any] | None = None  # an error's start, until its body is read
         self._error_body: list[bytes] = []
 
@@ -261,6 +270,9 @@ class _Response:
                         (b"content-length", str(len(body)).encode())]
             await self._send({**start, "headers": headers})
             message = {"type": "http.response.body", "body": body}
+        if (message["type"] == "http.response.body" and not message.get("more_body", False)
+                and self.before_end is not None):
+            await self.before_end()
         await self._send(message)
 
     async def error(self, error: APIError) -> None:

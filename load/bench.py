@@ -28,11 +28,16 @@ Each round starts raw vLLM, loads it, stops it, then does the same with the serv
 rounds interleave (raw, service, raw, service, ...) and the report gives every figure as
 the median over the rounds with its range, and the service/raw ratios as the median of the
 per-round ratios, so one slow round on a shared machine shows as spread, not as a result.
+With --paired both servers stay up and every measurement (a workload at a level, a rate)
+is taken from one and then the other, seconds apart: this host's speed drifts by up to
+1.6x between windows minutes apart, and a ratio is then only as good as its two halves
+being measured in the same window.
 
 Usage:  .venv/bin/python load/bench.py                 # 3 rounds: ~35 minutes on 2 cores
         .venv/bin/python load/bench.py --workloads chat tool_call --rates 5 10
         .venv/bin/python load/bench.py --rounds 5      # more rounds, tighter medians
         .venv/bin/python load/bench.py --quick         # smoke run, one round, ~3 minutes
+        .venv/bin/python load/bench.py --paired        # both up, measurements alternate
         .venv/bin/python load/bench.py --only service  # one target
         .venv/bin/python load/bench.py --chart-only load/results.json  # redraw, run nothing
 """
@@ -335,7 +340,25 @@ async def warm_up(t: Target, workloads: dict[str, Workload]) -> None:
                                        f"{s.status} {s.error}")
 
 
+async def _closed(t: Target, args, workloads: dict[str, Workload], name: str, c: int) -> dict:
+    r = await closed_loop(t, workloads[name], c, args.closed_duration, args.closed_max_tokens)
+    print(f"   {t.name} {name} c={c}: {r['req_per_s']} req/s, {r['out_tok_per_s']} tok/s, "
+          f"p50 {r['lat_p50_ms']} ms, p95 {r['lat_p95_ms']} ms, "
+          f"TTFT p50 {r['ttft_p50_ms']} ms, errors {r['errors']} "
+          f"{r['error_examples'][:1]}", flush=True)
+    return r
+
+
+async def _open(t: Target, args, workloads: dict[str, Workload], rate: float) -> dict:
+    r = await open_loop(t, workloads[args.open_workload], rate, args.open_duration,
+                        args.open_max_tokens)
+    print(f"   {t.name} open {rate} req/s: achieved {r['req_per_s']}, p50 {r['lat_p50_ms']} ms, "
+          f"p95 {r['lat_p95_ms']} ms, errors {r['errors']}", flush=True)
+    return r
+
+
 async def run_target(t: Target, args, workloads: dict[str, Workload]) -> dict:
+    """One round of one target: start it, every closed-loop level and open-loop rate, stop."""
     print(f"== {t.name}: starting ({' '.join(t.cmd[:4])} ...)", flush=True)
     t.start()
     try:
@@ -345,24 +368,58 @@ async def run_target(t: Target, args, workloads: dict[str, Workload]) -> dict:
         res = {"startup_s": round(startup, 1), "closed": {}, "open": {}}
         for name in args.workloads:
             for c in args.concurrency:
-                r = await closed_loop(t, workloads[name], c, args.closed_duration,
-                                      args.closed_max_tokens)
-                res["closed"].setdefault(name, {})[str(c)] = r
-                print(f"   {name} c={c}: {r['req_per_s']} req/s, {r['out_tok_per_s']} tok/s, "
-                      f"p50 {r['lat_p50_ms']} ms, p95 {r['lat_p95_ms']} ms, "
-                      f"TTFT p50 {r['ttft_p50_ms']} ms, errors {r['errors']} "
-                      f"{r['error_examples'][:1]}", flush=True)
+                res["closed"].setdefault(name, {})[str(c)] = await _closed(t, args, workloads,
+                                                                           name, c)
         for rate in args.rates:
-            r = await open_loop(t, workloads[args.open_workload], rate, args.open_duration,
-                                args.open_max_tokens)
-            res["open"][str(rate)] = r
-            print(f"   open {rate} req/s: achieved {r['req_per_s']}, p50 {r['lat_p50_ms']} ms, "
-                  f"p95 {r['lat_p95_ms']} ms, errors {r['errors']}", flush=True)
+            res["open"][str(rate)] = await _open(t, args, workloads, rate)
             await asyncio.sleep(2)  # let queues drain between rates
         return res
     finally:
         t.stop()
         print(f"   {t.name} stopped", flush=True)
+
+
+# An idle vLLM engine busy-waits for 1 s after its last message (its shared-memory queue):
+# a pause longer than that between two measurements keeps the one just measured from
+# taking CPU from the next.
+PAUSE_S = 2.0
+
+
+async def run_paired(targets: dict[str, Target], order: list[str], args,
+                     workloads: dict[str, Workload]) -> list[dict]:
+    """All rounds with both servers up the whole time: each measurement (a workload at a
+    concurrency, an open-loop rate) is taken from one server and then the other, seconds
+    apart, the order flipped every round. The host's speed drifts between windows minutes
+    apart; here both sides of every ratio ran in the same window."""
+    for name in order:
+        print(f"== {targets[name].name}: starting", flush=True)
+        targets[name].start()
+    try:
+        for name in order:  # started together, their start-up times say nothing
+            await targets[name].wait_ready(args.startup_timeout)
+        for name in order:
+            await warm_up(targets[name], workloads)
+        rounds = []
+        for number in range(args.rounds):
+            print(f"==== paired round {number + 1} of {args.rounds}", flush=True)
+            turn = order if number % 2 == 0 else order[::-1]
+            one = {name: {"startup_s": None, "closed": {}, "open": {}} for name in order}
+            for workload in args.workloads:
+                for c in args.concurrency:
+                    for name in turn:
+                        await asyncio.sleep(PAUSE_S)
+                        one[name]["closed"].setdefault(workload, {})[str(c)] = await _closed(
+                            targets[name], args, workloads, workload, c)
+            for rate in args.rates:
+                for name in turn:
+                    await asyncio.sleep(PAUSE_S)
+                    one[name]["open"][str(rate)] = await _open(targets[name], args,
+                                                               workloads, rate)
+            rounds.append(one)
+        return rounds
+    finally:
+        for name in order:
+            targets[name].stop()
 
 
 # --------------------------------------------------------------------------------------
@@ -590,6 +647,8 @@ def main() -> None:
     p.add_argument("--chart", default=str(ROOT / "docs" / "benchmarks-latency.png"))
     p.add_argument("--rounds", type=int, default=3,
                    help="interleaved rounds; the report gives the median of per-round ratios")
+    p.add_argument("--paired", action="store_true",
+                   help="both servers up at once; every measurement alternates between them")
     p.add_argument("--quick", action="store_true", help="c=1,4; rates 1,4,8; 8 s each; 1 round")
     p.add_argument("--chart-only", metavar="RESULTS_JSON",
                    help="redraw the charts (to --chart) from a results file; runs nothing")
@@ -624,10 +683,14 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _stop_all)
     results["rounds"] = []
     try:
-        for number in range(1, args.rounds + 1):
-            print(f"==== round {number} of {args.rounds}", flush=True)
-            results["rounds"].append(
-                {name: asyncio.run(run_target(targets[name], args, workloads)) for name in order})
+        if args.paired:
+            results["rounds"] = asyncio.run(run_paired(targets, order, args, workloads))
+        else:
+            for number in range(1, args.rounds + 1):
+                print(f"==== round {number} of {args.rounds}", flush=True)
+                results["rounds"].append({name: asyncio.run(run_target(targets[name], args,
+                                                                        workloads))
+                                          for name in order})
     finally:
         for t in targets.values():
             t.stop()

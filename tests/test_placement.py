@@ -55,6 +55,46 @@ def test_the_engine_starts_on_its_cores_and_this_process_moves_off_them(restore_
     idle.set()
 
 
+# A child that starts a grandchild and says its pid: vLLM's EngineCore and its compute
+# worker, in shape.
+_PARENT_OF_ONE = ("import subprocess, sys, time; "
+                  "g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+                  "print(g.pid, flush=True); time.sleep(60)")
+
+
+@pytest.mark.parametrize("idle_engine_core", [True, False])
+def test_the_engine_core_runs_anywhere_at_idle_priority_and_its_worker_keeps_the_cores(
+        restore_affinity, idle_engine_core):
+    host = os.sched_getaffinity(0)
+    if len(host) < 2:
+        pytest.skip("needs two cores")
+    engine = {min(host)}
+    already_running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with engine_placement(engine, host, idle_engine_core):
+            core = subprocess.Popen([sys.executable, "-c", _PARENT_OF_ONE],
+                                    stdout=subprocess.PIPE, text=True)
+            worker = int(core.stdout.readline())
+        try:
+            if idle_engine_core:
+                assert os.sched_getscheduler(core.pid) == os.SCHED_IDLE
+                assert os.sched_getaffinity(core.pid) == host
+            else:
+                assert os.sched_getscheduler(core.pid) == os.SCHED_OTHER
+                assert os.sched_getaffinity(core.pid) == engine
+            assert os.sched_getscheduler(worker) == os.SCHED_OTHER
+            assert os.sched_getaffinity(worker) == engine
+            # a process that was not started by the block is left as it was
+            assert os.sched_getscheduler(already_running.pid) == os.SCHED_OTHER
+        finally:
+            os.kill(worker, 9)
+            core.kill()
+            core.wait()
+    finally:
+        already_running.kill()
+        already_running.wait()
+
+
 def test_one_core_or_a_foreign_binding_moves_nothing(restore_affinity):
     host = os.sched_getaffinity(0)
     with engine_placement(set(host), host) as http:  # the engine takes every core

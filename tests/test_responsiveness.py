@@ -56,19 +56,26 @@ def test_probes_and_short_requests_answer_while_long_answers_run(base_url):
 
 
 def test_the_engine_and_the_http_process_run_on_separate_cores(service):
-    """openchat/generation/placement.py: the EngineCore and its compute worker on the
-    engine's cores (VLLM_CPU_OMP_THREADS_BIND), every thread of the HTTP worker on the
-    others; without it the EngineCore's busy-wait took the HTTP core."""
+    """openchat/generation/placement.py: the compute worker on the engine's cores
+    (VLLM_CPU_OMP_THREADS_BIND), every thread of the HTTP worker on the others, and the
+    EngineCore on any core at idle priority. At normal priority its busy-wait took the
+    HTTP core when it floated, and starved clients on whatever core it shared."""
     host = os.sched_getaffinity(0)
     if len(host) < 2:
         pytest.skip("one core: nothing to separate")
     processes = psutil.Process(service.process.pid).children(recursive=True)
 
-    def cores(marker: str) -> set[int]:
+    def threads(marker: str) -> list[int]:
         process = next(p for p in processes if marker in " ".join(p.cmdline()))
-        return set().union(*(os.sched_getaffinity(t.id) for t in process.threads()))
+        return [t.id for t in process.threads()]
 
-    engine = cores("VLLM::EngineCore") | cores("VLLM::Worker")
-    http = cores("_bentoml_impl.worker")
+    def cores(marker: str) -> set[int]:
+        return set().union(*(os.sched_getaffinity(tid) for tid in threads(marker)))
+
+    engine, http = cores("VLLM::Worker"), cores("_bentoml_impl.worker")
     assert engine and http and not engine & http, (engine, http)
     assert engine | http <= host
+    assert cores("VLLM::EngineCore") == host
+    assert {os.sched_getscheduler(tid) for tid in threads("VLLM::EngineCore")} == {
+        os.SCHED_IDLE}
+    assert {os.sched_getscheduler(tid) for tid in threads("VLLM::Worker")} == {os.SCHED_OTHER}

@@ -204,7 +204,8 @@ def placement_for(layout: EngineLayout, engine: EngineSettings):
     start on the engine's cores and this one then leaves them (placement.py)."""
     if layout.device != "cpu" or not engine.cpu_placement:
         return contextlib.nullcontext(set())
-    return engine_placement(parse_cpus(layout.threads), set(_available_cpus()))
+    return engine_placement(parse_cpus(layout.threads), set(_available_cpus()),
+                            idle_engine_core=engine.cpu_engine_core == "idle")
 
 
 class VLLMEngine:

@@ -12,12 +12,14 @@ So the engine's processes start on the engine's cores (a child inherits the affi
 the thread that spawns it), and once the engine is up this process's threads move to the
 cores left over, where the threads it starts later stay (new threads inherit it too).
 
-The EngineCore then goes back to every core at the kernel's idle priority (SCHED_IDLE):
-it runs only where no other thread wants the core at that moment. Kept beside the compute
-thread instead, the two took turns where vLLM means the masks to be computed while the
-worker runs the forward pass (json_schema answers 1.2x as long as a bare `vllm serve`'s);
-at normal priority on the HTTP core it starved clients there. Its compute worker is its
-child and keeps the engine's cores.
+Optionally (engine.cpu_engine_core: idle) the EngineCore then goes back to every core at
+the kernel's idle priority (SCHED_IDLE), so it runs only where no other thread wants the
+core at that moment: beside the compute thread the two take turns where vLLM means the
+masks to be computed while the worker runs the forward pass (a tiny model's json_schema
+answers 1.2-1.4x as long as a bare `vllm serve`'s), and at normal priority on the HTTP
+core it starved clients there. But at idle priority it waits whenever the HTTP core is
+busy, so it is not the default. Its compute worker is its child and keeps the engine's
+cores either way.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+
 import psutil
 
 logger = logging.getLogger(__name__)
@@ -65,7 +68,8 @@ def _run_idle_anywhere(pid: int, cpus: set[int]) -> bool:
             except ProcessLookupError:  # the thread ended meanwhile
                 pass
     except OSError as exc:
-        logger.warning("EngineCore (pid %s) left on the engine's cores: %s", pid, exc)
+        logger.warning("engine process %s not put at idle priority on every core (%s); "
+                       "what was not moved stays on the engine's cores", pid, exc)
         return False
     return True
 
@@ -76,7 +80,7 @@ def _children() -> set[int]:
 
 @contextmanager
 def engine_placement(engine_cpus: set[int], host_cpus: set[int],
-                     idle_engine_core: bool = True) -> Iterator[set[int]]:
+                     idle_engine_core: bool = False) -> Iterator[set[int]]:
     """Within the block (which starts the engine), this process runs on `engine_cpus`;
     after it, on the other `host_cpus`; with `idle_engine_core` the processes the block
     started directly (vLLM's EngineCore; its compute worker is its child) then run on all
@@ -97,7 +101,8 @@ def engine_placement(engine_cpus: set[int], host_cpus: set[int],
         idle = [pid for pid in started if _run_idle_anywhere(pid, available)]
         logger.info("CPU placement: engine on cores %s, HTTP on cores %s, EngineCore %s",
                     _ranges(engine_cpus), _ranges(http_cpus),
-                    f"on cores {_ranges(available)} at idle priority (pids {idle})" if idle
+                    f"and the processes started with it (pids {idle}) on cores "
+                    f"{_ranges(available)} at idle priority" if idle
                     else "on the engine's cores")
 
 

@@ -230,6 +230,16 @@ def pct(values: list[float], q: float) -> float | None:
     return v[lo] + (v[hi] - v[lo]) * (k - lo)
 
 
+def schedstat(pid: int | str = "self") -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for one) of a process, over its
+    threads, as the kernel counts them (/proc/<pid>/task/*/schedstat)."""
+    on_cpu = waiting = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        ran, waited, _ = (int(v) for v in (task / "schedstat").read_text().split())
+        on_cpu, waiting = on_cpu + ran, waiting + waited
+    return on_cpu / 1e9, waiting / 1e9
+
+
 async def one_request(client: aiohttp.ClientSession, t: Target, path: str,
                       payload: dict) -> Sample:
     t0 = time.perf_counter()

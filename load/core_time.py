@@ -20,7 +20,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from bench import DEFAULT_PROMPT_TEXT, MODEL_ID, WORKLOADS, Target, closed_loop, get_prompt_ids
+from bench import (DEFAULT_PROMPT_TEXT, MODEL_ID, WORKLOADS, Target, closed_loop,
+                   get_prompt_ids, schedstat)
 from workloads import make_workloads
 
 PROCESSES = {"EngineCore": "VLLM::EngineCore", "compute worker": "VLLM::Worker",
@@ -31,15 +32,6 @@ def _pid(marker: str) -> int:
     return int(subprocess.check_output(["pgrep", "-f", marker]).split()[0])
 
 
-def _schedstat(pid: int) -> tuple[float, float]:
-    """(seconds on a CPU, seconds runnable and waiting), over the process's threads."""
-    on_cpu = waiting = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        ran, waited, _ = (int(v) for v in (task / "schedstat").read_text().split())
-        on_cpu, waiting = on_cpu + ran, waiting + waited
-    return on_cpu / 1e9, waiting / 1e9
-
-
 async def measure(args) -> dict:
     prompt = await get_prompt_ids(DEFAULT_PROMPT_TEXT)
     workload = make_workloads(prompt, MODEL_ID)[args.workload]
@@ -47,11 +39,11 @@ async def measure(args) -> dict:
                     "/readyz", Path("/dev/null"))
     await closed_loop(target, workload, args.concurrency, 3, 64)  # warm-up
     pids = {name: _pid(marker) for name, marker in PROCESSES.items()}
-    before = {name: _schedstat(pid) for name, pid in pids.items()}
+    before = {name: schedstat(pid) for name, pid in pids.items()}
     started = time.monotonic()
     load = await closed_loop(target, workload, args.concurrency, args.duration, 64)
     wall = time.monotonic() - started
-    after = {name: _schedstat(pid) for name, pid in pids.items()}
+    after = {name: schedstat(pid) for name, pid in pids.items()}
     return {"workload": args.workload, "concurrency": args.concurrency, "wall_s": round(wall, 1),
             "req_per_s": load["req_per_s"],
             "processes": {name: {"on_cpu_s": round(after[name][0] - before[name][0], 2),

@@ -24,18 +24,10 @@ import time
 from pathlib import Path
 
 import httpx
-from bench import MODEL_ID, ROOT, add_target_arguments, make_targets, pct, provenance
+from bench import MODEL_ID, ROOT, add_target_arguments, make_targets, pct, provenance, schedstat
 
 # Completions with a text prompt: raw vLLM serves them without a chat template.
 SHORT = {"model": MODEL_ID, "prompt": "Hi", "max_tokens": 4}
-
-
-def _run_queue_wait_s() -> float:
-    """Seconds this process's threads have spent runnable but off the CPU."""
-    total = 0
-    for task in Path("/proc/self/task").iterdir():
-        total += int((task / "schedstat").read_text().split()[1])
-    return total / 1e9
 
 
 async def _long_answer(client: httpx.AsyncClient, url: str, tokens: int, stream: bool,
@@ -82,7 +74,7 @@ async def run(target, args) -> dict:
             asyncio.create_task(_probe(client, "POST", chat, 1.0, done, samples["short_request"],
                                        json=SHORT)),
         ]
-        wait_before = _run_queue_wait_s()
+        wait_before = schedstat()[1]
         started = time.monotonic()
         durations = await asyncio.gather(*[
             _long_answer(client, chat, args.tokens, stream=i % 2 == 0,
@@ -91,7 +83,7 @@ async def run(target, args) -> dict:
         wall = time.monotonic() - started
         done.set()
         await asyncio.gather(*probes)
-    own_wait = _run_queue_wait_s() - wait_before
+    own_wait = schedstat()[1] - wait_before
     return {
         "long_answers": {"count": args.long, "tokens": args.tokens,
                          "seconds": [round(d, 1) for d in durations]},

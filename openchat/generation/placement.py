@@ -91,7 +91,7 @@ def engine_placement(engine_cpus: set[int], host_cpus: set[int],
     if not http_cpus or not engine_cpus <= available:
         yield set()
         return
-    started_before = _children()
+    started_before = _children() if idle_engine_core else set()
     _move_all_threads(engine_cpus)
     try:
         yield http_cpus

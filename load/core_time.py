@@ -20,16 +20,23 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 from bench import (DEFAULT_PROMPT_TEXT, MODEL_ID, WORKLOADS, Target, closed_loop,
                    get_prompt_ids, schedstat)
 from workloads import make_workloads
 
-PROCESSES = {"EngineCore": "VLLM::EngineCore", "compute worker": "VLLM::Worker",
-             "HTTP worker": "_bentoml_impl.worker"}
+ENGINE_PROCESSES = {"EngineCore": "VLLM::EngineCore", "compute worker": "VLLM::Worker"}
 
 
-def _pid(marker: str) -> int:
-    return int(subprocess.check_output(["pgrep", "-f", marker]).split()[0])
+def _service_pids() -> dict[str, int]:
+    """The service's engine processes, found among its HTTP worker's descendants (a bare
+    `vllm serve` running beside it has processes of the same names), and the worker."""
+    worker = psutil.Process(int(subprocess.check_output(
+        ["pgrep", "-f", "_bentoml_impl.worker"]).split()[0]))
+    descendants = worker.children(recursive=True)
+    pids = {name: next(p.pid for p in descendants if marker in " ".join(p.cmdline()))
+            for name, marker in ENGINE_PROCESSES.items()}
+    return pids | {"HTTP worker": worker.pid}
 
 
 async def measure(args) -> dict:
@@ -38,7 +45,7 @@ async def measure(args) -> dict:
     target = Target("service", args.base_url, {"Authorization": f"Bearer {args.key}"}, [], {},
                     "/readyz", Path("/dev/null"))
     await closed_loop(target, workload, args.concurrency, 3, 64)  # warm-up
-    pids = {name: _pid(marker) for name, marker in PROCESSES.items()}
+    pids = _service_pids()
     before = {name: schedstat(pid) for name, pid in pids.items()}
     started = time.monotonic()
     load = await closed_loop(target, workload, args.concurrency, args.duration, 64)

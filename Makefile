@@ -10,7 +10,7 @@ LOCK ?= requirements/lock.txt
 # that do not exist; hide that noise, keep everything else (and pip's exit status).
 QUIET_PIP := 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
 
-.PHONY: install serve test test-servers lint lock dev-model bench clean
+.PHONY: install serve test test-servers lint lock dev-model bench bento clean
 
 # `make serve` and `make test` do whatever set-up is missing and skip what is done: the
 # venv from the lock (again when the lock or pyproject.toml change), the project, the dev
@@ -53,6 +53,11 @@ serve: install
 test: install test-servers lint
 	$(BIN)/python -m pytest
 
+# A bento (docs/deployment.md): the project's wheel first, which bentofile.yaml packs.
+bento: install
+	set -o pipefail; rm -rf dist && $(BIN)/pip wheel -q --no-deps --no-build-isolation -w dist . $(QUIET_PIP)
+	$(BIN)/bentoml build
+
 # The layers of openchat/ and tools/ (pyproject.toml [tool.importlinter], docs/architecture.md).
 lint: install
 	$(BIN)/lint-imports
@@ -71,4 +76,4 @@ lock:
 		-o $(LOCK)
 
 clean:
-	rm -rf $(VENV) .models .pytest_cache
+	rm -rf $(VENV) .models .pytest_cache dist build

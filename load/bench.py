@@ -217,6 +217,7 @@ class Sample:
     tokens: int = 0
     status: int = 0
     error: str = ""
+    prompt_tokens: int = 0  # as the server counted them: the two sides' prompts compared
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -251,9 +252,10 @@ async def one_request(client: aiohttp.ClientSession, t: Target, path: str,
             if not payload["stream"]:
                 data = await r.json()
                 return Sample(True, time.perf_counter() - t0, None,
-                              data["usage"]["completion_tokens"], 200)
+                              data["usage"]["completion_tokens"], 200,
+                              prompt_tokens=data["usage"]["prompt_tokens"])
             ttft = None
-            tokens = 0
+            tokens = prompt_tokens = 0
             async for raw in r.content:  # one SSE line at a time, as it arrives
                 line = raw.decode().strip()
                 if not line.startswith("data: "):
@@ -269,7 +271,9 @@ async def one_request(client: aiohttp.ClientSession, t: Target, path: str,
                     ttft = time.perf_counter() - t0
                 if ev.get("usage"):
                     tokens = ev["usage"]["completion_tokens"]
-            return Sample(True, time.perf_counter() - t0, ttft, tokens, 200)
+                    prompt_tokens = ev["usage"]["prompt_tokens"]
+            return Sample(True, time.perf_counter() - t0, ttft, tokens, 200,
+                          prompt_tokens=prompt_tokens)
     except Exception as exc:  # noqa: BLE001 - a failed request is a data point
         return Sample(False, time.perf_counter() - t0, error=f"{type(exc).__name__}: {exc}"[:200])
 
@@ -298,6 +302,7 @@ def summarize(samples: list[Sample], wall: float) -> dict:
         "lat_p95_ms": round(1000 * pct(lat, 0.95), 1) if lat else None,
         "ttft_p50_ms": round(1000 * pct(ttft, 0.5), 1) if ttft else None,
         "ttft_p95_ms": round(1000 * pct(ttft, 0.95), 1) if ttft else None,
+        "prompt_tokens_p50": pct([s.prompt_tokens for s in ok], 0.5) if ok else None,
     }
 
 
@@ -354,7 +359,8 @@ async def _closed(t: Target, args, workloads: dict[str, Workload], name: str, c:
     r = await closed_loop(t, workloads[name], c, args.closed_duration, args.closed_max_tokens)
     print(f"   {t.name} {name} c={c}: {r['req_per_s']} req/s, {r['out_tok_per_s']} tok/s, "
           f"p50 {r['lat_p50_ms']} ms, p95 {r['lat_p95_ms']} ms, "
-          f"TTFT p50 {r['ttft_p50_ms']} ms, errors {r['errors']} "
+          f"TTFT p50 {r['ttft_p50_ms']} ms, prompt {r['prompt_tokens_p50']} tokens, "
+          f"errors {r['errors']} "
           f"{r['error_examples'][:1]}", flush=True)
     return r
 
@@ -483,12 +489,12 @@ def report(results: dict, args) -> str:
     metrics = [("req_per_s", "requests/s"), ("out_tok_per_s", "output tokens/s"),
                ("lat_p50_ms", "latency p50 (ms)"), ("lat_p95_ms", "latency p95 (ms)"),
                ("ttft_p50_ms", "TTFT p50 (ms)"), ("ttft_p95_ms", "TTFT p95 (ms)"),
-               ("errors", "errors")]
+               ("prompt_tokens_p50", "prompt tokens"), ("errors", "errors")]
     for name in args.workloads:
         for c in args.concurrency:
             for key, label in metrics:
                 def pick(target, key=key, c=str(c), name=name):
-                    return target["closed"][name][c][key]
+                    return target["closed"][name][c].get(key)  # older results lack some
                 cells = [_spread([pick(one[n]) for one in rounds]) for n in ("vllm", "service")]
                 ratio = _ratios(rounds, pick) if key != "errors" else ""
                 lines.append(f"| {name} | {c} | {label} | {cells[0]} | {cells[1]} | {ratio} |")

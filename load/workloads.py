@@ -10,13 +10,17 @@ difference in the figures is the server, not the question:
                   --chat-template), the service with its own renderer.
   json_schema     chat with response_format json_schema (a small closed object): decoding
                   constrained by xgrammar on both sides; the answer ends when the object does.
+                  The service also writes the schema into the prompt as a system block, so
+                  raw vLLM gets that same block as a system message: the same prompt.
   tool_call       chat with one function and tool_choice naming it. Raw vLLM refuses a
                   named tool_choice without a --tool-call-parser, and none of its parsers
                   is OpenChat's (OpenChat has no tool format; the service's own is
-                  docs/function-calling.md), so raw vLLM gets the function's parameter
-                  schema as a json_schema response_format: the same constrained decoding
-                  of the same arguments. The service also writes the tool's definition
-                  into the prompt, so its prompt is longer.
+                  docs/function-calling.md), so raw vLLM gets what the service makes of
+                  the request: its tool instructions as a system message, the call's
+                  opening (`<tool_call>{"name":"get_weather","arguments":`) as the start
+                  of the answer (continue_final_message), and the function's parameter
+                  schema as a json_schema response_format: the same prompt and the same
+                  constrained decoding of the same arguments.
   long_system     chat with a ~1,500-token system prompt shared by every request and a
                   short question that differs: prefix caching serves the shared part.
   chat_defaults   chat as most clients send it: no sampling fields, so each server samples
@@ -32,6 +36,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from openchat.generation.constraints import schema_instruction
+from openchat.generation.toolformat import plan_tools
 
 CHAT_TEMPLATE = Path(__file__).resolve().parent / "openchat-chat-template.jinja"
 QUESTION = "What are three good reasons to learn a second language?"
@@ -97,22 +104,31 @@ def make_workloads(prompt_ids: list[int], model: str) -> dict[str, Workload]:
                     **extra, **_stream_options(stream)}
         return build
 
+    status_format = {"type": "json_schema",
+                     "json_schema": {"name": "status", "schema": SCHEMA, "strict": True}}
     user = [{"role": "user", "content": QUESTION}]
+    status = [{"role": "user", "content": "Is the service up? Answer as JSON."}]
     weather = [{"role": "user", "content": "What is the weather in Lisbon?"}]
+    # What the service's prompt holds beyond the messages (openchat/generation/preparation.py).
+    status_instruction = {"role": "system", "content": schema_instruction(SCHEMA)}
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    plan = plan_tools([WEATHER_TOOL], named, None)
+    tool_instruction = {"role": "system", "content": plan.instruction()}
+    call_opening = {"role": "assistant", "content": plan.determined_start()}
     return {w.name: w for w in [
         Workload("completion_ids", "/v1/completions", completion_ids),
         Workload("chat", "/v1/chat/completions", chat(user, ignore_eos=True)),
         Workload("json_schema", "/v1/chat/completions", chat(
-            [{"role": "user", "content": "Is the service up? Answer as JSON."}],
-            response_format={"type": "json_schema",
-                             "json_schema": {"name": "status", "schema": SCHEMA,
-                                             "strict": True}})),
+            status, response_format=status_format),
+            raw_body=chat([status_instruction, *status], response_format=status_format)),
         Workload("tool_call", "/v1/chat/completions", chat(
-            weather, tools=[WEATHER_TOOL],
-            tool_choice={"type": "function", "function": {"name": "get_weather"}}),
-            raw_body=chat(weather, response_format={"type": "json_schema", "json_schema": {
-                "name": "get_weather", "schema": WEATHER_TOOL["function"]["parameters"],
-                "strict": True}})),
+            weather, tools=[WEATHER_TOOL], tool_choice=named),
+            raw_body=chat([tool_instruction, *weather, call_opening],
+                          add_generation_prompt=False, continue_final_message=True,
+                          response_format={"type": "json_schema", "json_schema": {
+                              "name": "get_weather",
+                              "schema": WEATHER_TOOL["function"]["parameters"],
+                              "strict": True}})),
         Workload("long_system", "/v1/chat/completions", chat(
             lambda seed: [{"role": "system", "content": SYSTEM_PROMPT},
                           {"role": "user", "content": f"Ticket {seed}: {QUESTION}"}],

@@ -78,6 +78,12 @@ class EngineSettings(BaseModel):
         "works while the compute thread does wherever a core is free (a tiny model's "
         "constrained answers ~20 % sooner) but waits whenever the HTTP core is busy "
         "(docs/deployment.md, CPU placement).")
+    cpu_engine_spin_s: float | None = Field(
+        0.005, ge=0.001, le=1, description="With cpu_placement and the EngineCore on the "
+        "engine's cores: seconds it busy-waits for a step's results after each one before "
+        "it sleeps until woken. vLLM spins 1 s (None keeps that), which on the shared core "
+        "takes turns with the forward pass; below a millisecond every wait becomes a "
+        "wake-up and answers stall (docs/deployment.md, CPU placement).")
     # GPU hosts.
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     tensor_parallel_size: int = Field(1, ge=1)

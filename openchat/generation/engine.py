@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from openchat.config import EngineSettings, Settings
+from openchat.generation.engine_spin import SPIN_ENV
 from openchat.generation.placement import engine_placement, parse_cpus
 from openchat.protocol.errors import APIError
 from openchat.telemetry import usage
@@ -112,6 +113,7 @@ class EngineLayout:
     tensor_parallel_size: int
     kv_cache: str
     threads: str
+    engine_spin: str = "vLLM's (1 s)"  # the EngineCore's busy-wait per step (engine_spin.py)
 
 
 @functools.cache  # the host's cores as first seen, before engine_placement narrows them
@@ -208,6 +210,15 @@ def placement_for(layout: EngineLayout, engine: EngineSettings):
                             idle_engine_core=engine.cpu_engine_core == "idle")
 
 
+def engine_spin_for(engine: EngineSettings, on_gpu: bool) -> float | None:
+    """The EngineCore's busy-wait, where it shares a core with the compute thread: on a
+    CPU host with placement on and the EngineCore on the engine's cores. Elsewhere it
+    spins on a core of its own and vLLM's default stays (None)."""
+    shares_core = (not on_gpu and engine.cpu_placement
+                   and engine.cpu_engine_core == "engine_cores")
+    return engine.cpu_engine_spin_s if shares_core else None
+
+
 class VLLMEngine:
     """One in-process vLLM engine (its EngineCore runs in a child process); an
     EngineClient."""
@@ -272,6 +283,11 @@ class VLLMEngine:
             kwargs["enable_chunked_prefill"] = False
             kwargs["max_num_batched_tokens"] = max(engine.max_model_len, 2048)
             kv_cache = f"{int(max(1, engine.cpu_kv_cache_gib))} GiB of RAM"
+        spin = engine_spin_for(engine, on_gpu)
+        if spin is None:
+            os.environ.pop(SPIN_ENV, None)
+        else:
+            os.environ[SPIN_ENV] = repr(spin)  # read in vLLM's processes (engine_spin.py)
         layout = EngineLayout(
             model=settings.model,
             device="gpu" if on_gpu else "cpu",
@@ -281,6 +297,7 @@ class VLLMEngine:
             tensor_parallel_size=engine.tensor_parallel_size,
             kv_cache=kv_cache,
             threads=threads,
+            **({} if spin is None else {"engine_spin": f"{spin * 1000:g} ms"}),
         )
         return engine_args_cls(**kwargs), layout
 

@@ -19,12 +19,11 @@ from openchat.generation.engine_spin import SPIN_ENV
 # reader of the compute worker's results queue.
 READER_SPIN = """
 import zmq
+import vllm.plugins
 from vllm.distributed.device_communicators.shm_broadcast import SpinCondition
 from vllm.plugins import load_general_plugins
 load_general_plugins()
-load_general_plugins()
-vllm_plugins = __import__("vllm.plugins", fromlist=["x"])
-vllm_plugins.plugins_loaded = False
+vllm.plugins.plugins_loaded = False
 load_general_plugins()  # a second real load wraps nothing twice
 reader = SpinCondition(is_reader=True, context=zmq.Context(), notify_address="inproc://x")
 explicit = SpinCondition(is_reader=True, context=zmq.Context(), notify_address="inproc://y",

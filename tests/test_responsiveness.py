@@ -57,6 +57,12 @@ def test_probes_and_short_requests_answer_while_long_answers_run(base_url):
     assert all(seconds < 5 for seconds in slowest.values()), slowest
 
 
+def _service_process(service, marker: str) -> psutil.Process:
+    """The service's process whose command line names `marker` (vLLM's process titles)."""
+    return next(p for p in psutil.Process(service.process.pid).children(recursive=True)
+                if marker in " ".join(p.cmdline()))
+
+
 def test_the_engine_and_the_http_process_run_on_separate_cores(service):
     """openchat/generation/placement.py: the EngineCore and its compute worker on the
     engine's cores (VLLM_CPU_OMP_THREADS_BIND) at normal priority, every thread of the
@@ -65,11 +71,8 @@ def test_the_engine_and_the_http_process_run_on_separate_cores(service):
     host = os.sched_getaffinity(0)
     if len(host) < 2:
         pytest.skip("one core: nothing to separate")
-    processes = psutil.Process(service.process.pid).children(recursive=True)
-
     def threads(marker: str) -> list[int]:
-        process = next(p for p in processes if marker in " ".join(p.cmdline()))
-        return [t.id for t in process.threads()]
+        return [t.id for t in _service_process(service, marker).threads()]
 
     def cores(marker: str) -> set[int]:
         return set().union(*(os.sched_getaffinity(tid) for tid in threads(marker)))
@@ -82,7 +85,6 @@ def test_the_engine_and_the_http_process_run_on_separate_cores(service):
             for tid in threads(marker)} == {os.SCHED_OTHER}
 
 
-
 def test_the_engine_core_is_told_its_shorter_busy_wait(service):
     """engine.cpu_engine_spin_s (openchat/generation/engine_spin.py): the EngineCore,
     beside the compute thread, gets the spin in its environment, which vLLM's plugin hook
@@ -91,8 +93,7 @@ def test_the_engine_core_is_told_its_shorter_busy_wait(service):
     docs/benchmarks.md."""
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("one core: no placement, vLLM's spin")
-    engine_core = next(p for p in psutil.Process(service.process.pid).children(recursive=True)
-                       if "VLLM::EngineCore" in " ".join(p.cmdline()))
+    engine_core = _service_process(service, "VLLM::EngineCore")
     # Read whole: vLLM's process title overwrites the start of that memory, which leaves
     # psutil's environ() empty.
     environment = Path(f"/proc/{engine_core.pid}/environ").read_bytes().split(b"\0")

@@ -38,8 +38,3 @@ def configure() -> None:
     SpinCondition._vllm_init = init
     SpinCondition.__init__ = functools.partialmethod(init, busy_loop_s=float(value))
 
-
-def engine_spin_s() -> float | None:
-    """The EngineCore's spin as configured for this process tree (None: vLLM's default)."""
-    value = os.environ.get(SPIN_ENV)
-    return float(value) if value else None

@@ -297,7 +297,7 @@ class VLLMEngine:
             tensor_parallel_size=engine.tensor_parallel_size,
             kv_cache=kv_cache,
             threads=threads,
-            **({} if spin is None else {"engine_spin": f"{spin * 1000:g} ms"}),
+            engine_spin=EngineLayout.engine_spin if spin is None else f"{spin * 1000:g} ms",
         )
         return engine_args_cls(**kwargs), layout
 

@@ -37,4 +37,3 @@ def configure() -> None:
     init = SpinCondition.__dict__.get("_vllm_init", SpinCondition.__init__)
     SpinCondition._vllm_init = init
     SpinCondition.__init__ = functools.partialmethod(init, busy_loop_s=float(value))
-

@@ -95,6 +95,11 @@ def add_target_arguments(p: argparse.ArgumentParser, startup_timeout: float = 60
     p.add_argument("--vllm-port", type=int, default=18431)
     p.add_argument("--service-port", type=int, default=18432)
     p.add_argument("--startup-timeout", type=float, default=startup_timeout)
+    p.add_argument("--raw-whole-prefill", action="store_true",
+                   help="give raw vLLM the service's prefill setting (no chunked prefill, "
+                        "an 8192-token step budget): with vLLM's default, seeded requests "
+                        "whose prefills are split kill raw vLLM's engine on CPU "
+                        "(docs/deployment.md, CPU hosts)")
 
 
 def _cpu_bind() -> str:
@@ -168,7 +173,9 @@ def make_targets(args, tmp: Path) -> dict[str, Target]:
              "--host", "127.0.0.1", "--port", str(args.vllm_port),
              "--max-model-len", "8192", "--max-num-seqs", "64", "--dtype", "bfloat16",
              "--seed", "0", "--enable-prefix-caching", "--chat-template", str(CHAT_TEMPLATE),
-             "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}'],
+             "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}',
+             *(["--no-enable-chunked-prefill", "--max-num-batched-tokens", "8192"]
+               if getattr(args, "raw_whole_prefill", False) else [])],
         env=base_env,
         ready_path="/health",
         log=tmp / "vllm.log",

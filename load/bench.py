@@ -174,6 +174,7 @@ def make_targets(args, tmp: Path) -> dict[str, Target]:
              "--max-model-len", "8192", "--max-num-seqs", "64", "--dtype", "bfloat16",
              "--seed", "0", "--enable-prefix-caching", "--chat-template", str(CHAT_TEMPLATE),
              "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}',
+             # getattr: overhead.py and soak.py build args without add_target_arguments.
              *(["--no-enable-chunked-prefill", "--max-num-batched-tokens", "8192"]
                if getattr(args, "raw_whole_prefill", False) else [])],
         env=base_env,
